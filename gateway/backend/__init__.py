@@ -1,0 +1,1 @@
+"""Adapters to the inference server (Triton)."""

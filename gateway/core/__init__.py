@@ -1,0 +1,1 @@
+"""Pure domain code: images, text, scoring, errors. No grpc, no tritonclient."""

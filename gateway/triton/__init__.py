@@ -1,0 +1,1 @@
+"""The embedded Triton server: started from the nvidia-pytriton wheel."""
