@@ -50,6 +50,12 @@ class BackendUnavailable(GatewayError):
     kind = ErrorKind.UNAVAILABLE
 
 
+class ShuttingDown(GatewayError):
+    """A call arrived while the server drains; UNAVAILABLE tells clients to retry elsewhere."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+
 class DeadlineExceeded(GatewayError):
     kind = ErrorKind.DEADLINE_EXCEEDED
 

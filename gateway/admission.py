@@ -1,0 +1,43 @@
+"""Admission control: a hard bound on calls in flight.
+
+Beyond the bound a call is rejected at once with RESOURCE_EXHAUSTED instead of
+queueing without limit; the caller (or its load balancer) retries elsewhere. The
+event loop is single-threaded, so a plain counter is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Gauge
+
+from gateway.core.errors import Overloaded, ShuttingDown
+
+
+class Admission:
+    def __init__(self, max_in_flight: int, gauge: Gauge) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._gauge = gauge
+        self._closed = False
+
+    def close(self) -> None:
+        """Refuse every new call from now on (graceful shutdown)."""
+        self._closed = True
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self._closed:
+            raise ShuttingDown("server is shutting down")
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(
+                f"server is at its limit of {self.max_in_flight} calls in flight; retry later")
+        self.in_flight += 1
+        self._gauge.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._gauge.set(self.in_flight)
+

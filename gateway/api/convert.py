@@ -1,0 +1,65 @@
+"""Protobuf ⇄ domain conversion. The only module besides the servicer that sees ``*_pb2``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from gateway.core.errors import InvalidInput
+from gateway.core.model_meta import ModelMeta
+from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore, RawPixels
+from siglip.v1 import siglip_pb2 as pb
+
+
+def images_from_pb(images: Iterable[pb.Image], field: str = "images") -> list[ImageInput]:
+    return [image_from_pb(image, f"{field}[{i}]") for i, image in enumerate(images)]
+
+
+def image_from_pb(image: pb.Image, field: str) -> ImageInput:
+    source = image.WhichOneof("source")
+    if source == "data":
+        return EncodedImage(image.data)
+    if source == "raw":
+        return RawPixels(image.raw.rgb, image.raw.width, image.raw.height)
+    raise InvalidInput("image has neither data nor raw set", field=field)
+
+
+def embed_items_from_pb(inputs: Iterable[pb.EmbedInput], field: str = "inputs") -> list[EmbedItem]:
+    items: list[EmbedItem] = []
+    for i, item in enumerate(inputs):
+        kind = item.WhichOneof("input")
+        if kind == "text":
+            items.append(item.text)
+        elif kind == "image":
+            items.append(image_from_pb(item.image, f"{field}[{i}].image"))
+        else:
+            raise InvalidInput("input has neither image nor text set", field=f"{field}[{i}]")
+    return items
+
+
+def classify_response(results: Sequence[Sequence[LabelScore]]) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(results=[
+        pb.Classification(scores=[
+            pb.LabelScore(label=s.label, probability=s.probability, logit=s.logit) for s in row])
+        for row in results])
+
+
+def embeddings_pb(embeds: np.ndarray) -> list[pb.Embedding]:
+    return [pb.Embedding(values=row) for row in embeds.tolist()]
+
+
+def score_response(logits: np.ndarray, probs: np.ndarray) -> pb.ScoreResponse:
+    return pb.ScoreResponse(
+        num_images=logits.shape[0], num_texts=logits.shape[1],
+        probabilities=probs.ravel().tolist(), logits=logits.ravel().tolist())
+
+
+def model_info_response(meta: ModelMeta, preprocess_mode: str,
+                        default_template: str) -> pb.GetModelInfoResponse:
+    return pb.GetModelInfoResponse(
+        model_id=meta.model_id, random_weights=meta.random_weights,
+        embedding_dim=meta.embedding_dim, image_size=meta.image_size,
+        text_length=meta.text_length, logit_scale=meta.logit_scale,
+        logit_bias=meta.logit_bias, preprocess_mode=preprocess_mode,
+        default_prompt_template=default_template)

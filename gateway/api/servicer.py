@@ -1,0 +1,191 @@
+"""The SiglipService servicer: converts, calls the engine, converts back. Nothing else.
+
+Every RPC goes through ``_call``: admission (in-flight bound), metrics, and the mapping
+of errors to gRPC statuses. Requests are parsed by ``_parse`` instead of grpc's
+deserializer so that a malformed message (e.g. invalid UTF-8 in a string field) is
+the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway.admission import Admission
+from gateway.api import convert
+from gateway.api.errors import to_grpc_status
+from gateway.core.errors import InvalidInput
+from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
+from gateway.engine import Engine, deadline_from
+from gateway.metrics import Metrics
+from siglip.v1 import siglip_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SiglipService"].full_name
+# Messages of one EmbedStream processed concurrently; responses still leave in order.
+STREAM_WINDOW = 4
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request that failed to parse, so the handler can answer it."""
+
+    message_type: str
+    error: str
+
+
+class SiglipServicer:
+    def __init__(self, engine: Engine, admission: Admission, metrics: Metrics,
+                 preprocess_mode: str) -> None:
+        self._engine = engine
+        self._admission = admission
+        self._metrics = metrics
+        self._preprocess_mode = preprocess_mode
+
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext,
+                       ) -> pb.ClassifyResponse:
+        async def run() -> pb.ClassifyResponse:
+            template = request.prompt_template if request.HasField("prompt_template") else None
+            results = await self._engine.classify(
+                convert.images_from_pb(request.images), list(request.labels), template,
+                request.top_k, deadline_from(context.time_remaining()))
+            return convert.classify_response(results)
+        return await self._call("Classify", request, context, run)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext,
+                    ) -> pb.EmbedResponse:
+        async def run() -> pb.EmbedResponse:
+            embeds = await self._engine.embed(
+                convert.embed_items_from_pb(request.inputs), deadline_from(context.time_remaining()))
+            return pb.EmbedResponse(embeddings=convert.embeddings_pb(embeds))
+        return await self._call("Embed", request, context, run)
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext,
+                    ) -> pb.ScoreResponse:
+        async def run() -> pb.ScoreResponse:
+            logits, probs = await self._engine.score(
+                convert.images_from_pb(request.images), list(request.texts),
+                deadline_from(context.time_remaining()))
+            return convert.score_response(logits, probs)
+        return await self._call("Score", request, context, run)
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetModelInfoResponse:
+        async def run() -> pb.GetModelInfoResponse:
+            return convert.model_info_response(
+                self._engine.meta, self._preprocess_mode, DEFAULT_PROMPT_TEMPLATE)
+        return await self._call("GetModelInfo", request, context, run)
+
+    async def EmbedStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                          ) -> AsyncIterator[pb.EmbedStreamResponse]:
+        """Up to STREAM_WINDOW messages in work at once; responses in request order."""
+        method = "EmbedStream"
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(STREAM_WINDOW)
+        try:
+            with self._admission.slot():
+                reader = asyncio.create_task(self._read_stream(requests, context, pending))
+                try:
+                    while (task := await pending.get()) is not None:
+                        embeds = await task
+                        yield pb.EmbedStreamResponse(embeddings=convert.embeddings_pb(embeds))
+                    await reader
+                finally:
+                    reader.cancel()
+                    while not pending.empty():
+                        if (task := pending.get_nowait()) is not None:
+                            task.cancel()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+            status = to_grpc_status(exc)
+            code = status.code
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        finally:
+            self._finish(method, code, start)
+
+    async def _read_stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                           pending: asyncio.Queue) -> None:
+        deadline = deadline_from(context.time_remaining())
+        index = 0
+        try:
+            async for request in requests:
+                _raise_if_undecodable(request, f"stream message {index}")
+                items = convert.embed_items_from_pb(request.inputs)
+                await pending.put(asyncio.create_task(self._engine.embed(items, deadline)))
+                index += 1
+        except Exception as exc:  # noqa: BLE001 - handed to the writer, which answers it
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            await pending.put(failed)
+        await pending.put(None)
+
+    async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext,
+                    run: Callable[[], Awaitable[Any]]) -> Any:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            _raise_if_undecodable(request, "request")
+            with self._admission.slot():
+                return await run()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+            status = to_grpc_status(exc)
+            code = status.code
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        finally:
+            self._finish(method, code, start)
+
+    def _finish(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        self._metrics.requests.labels(method, code.name).inc()
+        self._metrics.request_seconds.labels(method).observe(elapsed)
+        if method != "GetModelInfo":
+            self._metrics.stage_seconds.labels("total").observe(elapsed)
+
+
+def _raise_if_undecodable(request: Any, field: str) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidInput(
+            f"not a valid {request.message_type}: {request.error} "
+            "(string fields must be valid UTF-8)", field=field)
+
+
+def _parse(message_cls: type) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(message_cls.DESCRIPTOR.full_name, str(exc) or "malformed message")
+    return parse
+
+
+def add_to_server(servicer: SiglipServicer, server: grpc.aio.Server) -> None:
+    unary = {
+        "Classify": pb.ClassifyRequest,
+        "Embed": pb.EmbedRequest,
+        "Score": pb.ScoreRequest,
+        "GetModelInfo": pb.GetModelInfoRequest,
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name), request_deserializer=_parse(cls),
+            response_serializer=lambda m: m.SerializeToString())
+        for name, cls in unary.items()
+    }
+    handlers["EmbedStream"] = grpc.stream_stream_rpc_method_handler(
+        servicer.EmbedStream, request_deserializer=_parse(pb.EmbedStreamRequest),
+        response_serializer=lambda m: m.SerializeToString())
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -1,0 +1,60 @@
+"""Runs the service: optional embedded Triton, the gateway server, signals, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from gateway.config import Settings
+from gateway.core.model_meta import resolve_checkpoint
+from gateway.server import GatewayServer
+
+log = logging.getLogger("gateway")
+
+
+async def serve(settings: Settings) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+    checkpoint = await asyncio.to_thread(resolve_checkpoint, settings.model)
+    triton = None
+    triton_url = settings.triton_url
+    if not triton_url:
+        from gateway.triton.launcher import EmbeddedTriton
+
+        triton = EmbeddedTriton(model=str(checkpoint), restart_on_exit=True,
+                                startup_timeout_s=settings.triton_startup_timeout_s)
+        log.info("starting embedded Triton for %s", checkpoint)
+        await asyncio.to_thread(triton.start)
+        triton_url = triton.grpc_url
+    server = GatewayServer(settings.replace(model=str(checkpoint)), triton_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bound = await server.start()
+        ready = asyncio.create_task(server.ready.wait())
+        await asyncio.wait([ready, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            meta = server.meta
+            assert meta is not None
+            log.info(
+                "siglip-gateway ready: grpc %s:%d, metrics :%s, model %s%s, embedding dim %d, "
+                "triton %s%s", settings.host, bound.port, bound.metrics_port, settings.model,
+                " (RANDOM WEIGHTS: scores are meaningless)" if meta.random_weights else "",
+                meta.embedding_dim, triton_url, " (embedded)" if triton else "")
+        await stop.wait()
+        log.info("signal received: shutting down (grace %.0f s)", settings.shutdown_grace_s)
+        await server.shutdown()
+    finally:
+        if triton is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(triton.stop)
+    return 0
+
+
+def default_model_repository() -> Path:
+    return Path(__file__).resolve().parent.parent / "model_repository"

@@ -1,0 +1,139 @@
+"""The Triton adapter: the only module that speaks to Triton.
+
+One ``tritonclient.grpc.aio`` client per process, reused by every request. Tensors go
+out as uint8 pixels and int64 token ids; embeddings come back as float32. Triton's
+errors are parsed once, here, into the gateway's typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from gateway.core.errors import (
+    BackendError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    GatewayError,
+    Overloaded,
+)
+
+log = logging.getLogger(__name__)
+
+VISION_MODEL = "siglip_vision"
+TEXT_MODEL = "siglip_text"
+MODELS = (VISION_MODEL, TEXT_MODEL)
+
+# Requests above a model's max_batch_size are split into chunks of this many rows;
+# they match model_repository/*/config.pbtxt.
+MAX_ROWS = {VISION_MODEL: 64, TEXT_MODEL: 256}
+
+
+def channel_args(max_message_bytes: int) -> list[tuple[str, object]]:
+    """All channel options: tritonclient replaces its defaults when any are given."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Reconnect quickly after Triton restarts: the default backoff grows to 120 s.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+        # A dns:/// target names a headless service: spread calls over all Triton pods.
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
+
+
+class TritonBackend:
+    """Embeds pixels and token ids with the SigLIP towers hosted by Triton."""
+
+    def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float) -> None:
+        self.url = url
+        self._default_timeout_s = default_timeout_s
+        self._client = triton_aio.InferenceServerClient(
+            url, channel_args=channel_args(max_message_bytes))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """(N, 256, 256, 3) uint8 → (N, D) float32, not normalized."""
+        return await self._infer(VISION_MODEL, "pixels", "image_embeds", pixels, "UINT8", deadline)
+
+    async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """(N, 64) int64 → (N, D) float32, not normalized."""
+        return await self._infer(TEXT_MODEL, "input_ids", "text_embeds", input_ids, "INT64", deadline)
+
+    async def ready(self, timeout_s: float = 1.0) -> bool:
+        """True when Triton answers and both models are ready; never raises."""
+        try:
+            checks = [self._client.is_model_ready(m, client_timeout=timeout_s) for m in MODELS]
+            return all(await asyncio.gather(*checks))
+        except (InferenceServerException, asyncio.TimeoutError, OSError):
+            return False
+
+    async def statistics(self, model: str) -> dict:
+        """Triton's inference statistics of one model (for tests and diagnostics)."""
+        stats = await self._client.get_inference_statistics(model, as_json=True)
+        return stats["model_stats"][0]
+
+    async def _infer(self, model: str, input_name: str, output_name: str, array: np.ndarray,
+                     datatype: str, deadline: float | None) -> np.ndarray:
+        step = MAX_ROWS[model]
+        chunks = [array[i:i + step] for i in range(0, len(array), step)]
+        results = await asyncio.gather(*(
+            self._infer_chunk(model, input_name, output_name, c, datatype, deadline)
+            for c in chunks))
+        return results[0] if len(results) == 1 else np.concatenate(results)
+
+    async def _infer_chunk(self, model: str, input_name: str, output_name: str,
+                           array: np.ndarray, datatype: str, deadline: float | None) -> np.ndarray:
+        tensor = InferInput(input_name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        timeout_s = self._remaining(deadline)
+        try:
+            result = await self._client.infer(
+                model, [tensor], outputs=[InferRequestedOutput(output_name)],
+                client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _translate(exc, model) from None
+        out = result.as_numpy(output_name)
+        if out is None or out.shape[0] != array.shape[0]:
+            log.error("%s returned %s rows for %s inputs", model,
+                      None if out is None else out.shape, array.shape[0])
+            raise BackendError("inference failed")
+        return out.astype(np.float32, copy=False)
+
+    def _remaining(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self._default_timeout_s
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline exceeded before the request reached Triton")
+        return min(remaining, self._default_timeout_s)
+
+
+def _translate(exc: InferenceServerException, model: str) -> GatewayError:
+    """Triton's status (a string like "StatusCode.UNAVAILABLE") → a typed error."""
+    status = (exc.status() or "").rpartition(".")[2]
+    log.warning("Triton %s failed: %s %s", model, status or "-", exc.message())
+    if status == "UNAVAILABLE":
+        return BackendUnavailable("inference server unavailable")
+    if status == "DEADLINE_EXCEEDED":
+        return DeadlineExceeded("deadline exceeded while waiting for the inference server")
+    if status == "RESOURCE_EXHAUSTED":
+        return Overloaded("inference server queue is full")
+    if status == "NOT_FOUND" or "is not ready" in (exc.message() or "") or (
+            "unavailable" in (exc.message() or "").lower()):
+        return BackendUnavailable(f"model {model} is not ready")
+    return BackendError("inference failed")
+

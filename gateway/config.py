@@ -1,0 +1,98 @@
+"""Settings: built once at start-up from the environment and the command line, then passed down.
+
+Nothing in the package reads the environment at import time; ``Settings.from_env`` is
+called by the CLI (and by tests with an explicit mapping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+DEFAULT_MODEL = "google/siglip-base-patch16-256"
+ENV_PREFIX = "SIGLIP_"
+MiB = 1024 * 1024
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the gateway. The README's settings table lists these with their defaults."""
+
+    model: str = DEFAULT_MODEL
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 9090
+    # Empty: start the embedded Triton from the nvidia-pytriton wheel.
+    triton_url: str = ""
+    triton_timeout_s: float = 30.0
+    triton_startup_timeout_s: float = 600.0
+    # Limits (see README): checked before any work is done.
+    max_message_bytes: int = 32 * MiB
+    max_images: int = 64
+    max_texts: int = 256
+    max_text_chars: int = 2048
+    max_image_pixels: int = 40_000_000
+    # Overload: calls beyond this many in flight are rejected with RESOURCE_EXHAUSTED.
+    max_in_flight: int = 64
+    workers: int = field(default_factory=_default_workers)
+    preprocess_mode: str = "exact"
+    text_cache_size: int = 10_000
+    shutdown_grace_s: float = 20.0
+    max_connection_age_s: float = 300.0
+    # Security (all optional): TLS, mutual TLS, bearer token.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_token: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Reads ``SIGLIP_<NAME>`` for every field; explicit ``overrides`` (not None) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.preprocess_mode not in ("exact", "fast"):
+            raise ValueError(f"SIGLIP_PREPROCESS_MODE must be exact or fast, not {self.preprocess_mode!r}")
+        for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
+                     "max_in_flight", "workers", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("SIGLIP_TLS_CERT and SIGLIP_TLS_KEY must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a {kind}") from None
+    return raw

@@ -1,0 +1,34 @@
+"""Domain types that the API layer converts protobuf messages into (and results out of)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded image file (JPEG, PNG, ...)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """8-bit RGB pixels, row-major HWC."""
+
+    rgb: bytes
+    width: int
+    height: int
+
+
+ImageInput = Union[EncodedImage, RawPixels]
+# An Embed input: an image or a text.
+EmbedItem = Union[EncodedImage, RawPixels, str]
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    probability: float
+    logit: float

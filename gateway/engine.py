@@ -1,0 +1,152 @@
+"""The data plane: turns domain requests into tower calls and scores.
+
+Blocking work (decode, resize, tokenize) runs in a bounded thread pool, never on the
+event loop; Pillow and the tokenizer release the GIL for the heavy parts. For one
+request the image and text towers are called concurrently, and text embeddings come
+from a bounded LRU cache when the same prompt was seen before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from gateway.core.cache import EmbeddingCache
+from gateway.core.images import ImageLimits, PreprocessMode, preprocess_encoded, preprocess_raw
+from gateway.core.model_meta import ModelMeta
+from gateway.core.scoring import l2_normalize, score, top_k
+from gateway.core.text import DEFAULT_PROMPT_TEMPLATE, TextTokenizer, fill_prompt
+from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore
+from gateway.core.validation import RequestLimits, check_count, check_text, check_texts
+from gateway.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray: ...
+    async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray: ...
+
+
+class Engine:
+    def __init__(self, *, meta: ModelMeta, tokenizer: TextTokenizer, backend: Backend,
+                 pool: Executor, metrics: Metrics, cache: EmbeddingCache,
+                 request_limits: RequestLimits, image_limits: ImageLimits,
+                 mode: PreprocessMode) -> None:
+        self.meta = meta
+        self._tokenizer = tokenizer
+        self._backend = backend
+        self._pool = pool
+        self._metrics = metrics
+        self._cache = cache
+        self._limits = request_limits
+        self._image_limits = image_limits
+        self._mode = mode
+
+    async def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
+                       template: str | None, k: int, deadline: float | None,
+                       ) -> list[list[LabelScore]]:
+        check_count("images", len(images), self._limits.max_images, "image")
+        check_count("labels", len(labels), self._limits.max_texts, "label")
+        check_texts("labels", labels, self._limits)
+        template = DEFAULT_PROMPT_TEMPLATE if template is None else template
+        prompts = [fill_prompt(template, label) for label in labels]
+        image_embeds, text_embeds = await asyncio.gather(
+            self._image_embeds(images, _fields("images", range(len(images))), deadline),
+            self._text_embeds(prompts, deadline))
+        logits, probs = score(image_embeds, text_embeds, self.meta.logit_scale, self.meta.logit_bias)
+        results = []
+        for row_logits, row_probs in zip(logits, probs):
+            order = top_k(row_probs, k)
+            results.append([LabelScore(labels[j], float(row_probs[j]), float(row_logits[j]))
+                            for j in order])
+        return results
+
+    async def score(self, images: Sequence[ImageInput], texts: Sequence[str],
+                    deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        check_count("images", len(images), self._limits.max_images, "image")
+        check_count("texts", len(texts), self._limits.max_texts, "text")
+        check_texts("texts", texts, self._limits)
+        image_embeds, text_embeds = await asyncio.gather(
+            self._image_embeds(images, _fields("images", range(len(images))), deadline),
+            self._text_embeds(list(texts), deadline))
+        return score(image_embeds, text_embeds, self.meta.logit_scale, self.meta.logit_bias)
+
+    async def embed(self, items: Sequence[EmbedItem], deadline: float | None,
+                    field: str = "inputs") -> np.ndarray:
+        """L2-normalized embeddings (N, D) in input order; images and texts may be mixed."""
+        check_count(field, len(items), self._limits.max_images + self._limits.max_texts, "input")
+        image_at = [i for i, x in enumerate(items) if not isinstance(x, str)]
+        text_at = [i for i, x in enumerate(items) if isinstance(x, str)]
+        check_count(field, len(image_at), self._limits.max_images, "image input", allow_empty=True)
+        check_count(field, len(text_at), self._limits.max_texts, "text input", allow_empty=True)
+        texts = [items[i] for i in text_at]
+        for i, text in zip(text_at, texts):
+            check_text(f"{field}[{i}].text", text, self._limits)
+        image_embeds, text_embeds = await asyncio.gather(
+            self._image_embeds([items[i] for i in image_at],
+                               [f"{field}[{i}].image" for i in image_at], deadline),
+            self._text_embeds(texts, deadline))
+        out = np.empty((len(items), self.meta.embedding_dim), dtype=np.float32)
+        if image_at:
+            out[image_at] = image_embeds
+        if text_at:
+            out[text_at] = text_embeds
+        return out
+
+    async def _image_embeds(self, images: Sequence[ImageInput], fields: Sequence[str],
+                            deadline: float | None) -> np.ndarray:
+        if not images:
+            return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
+        self._metrics.inputs.labels("image").observe(len(images))
+        with self._metrics.stage("decode"):
+            pixels = await asyncio.gather(*(
+                self._run(self._preprocess, image, field)
+                for field, image in zip(fields, images)))
+        batch = np.stack(pixels)
+        with self._metrics.stage("triton_vision"):
+            embeds = await self._backend.embed_images(batch, deadline)
+        return l2_normalize(embeds)
+
+    async def _text_embeds(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
+        self._metrics.inputs.labels("text").observe(len(texts))
+        keys = [(self.meta.model_id, t) for t in texts]
+        cached = self._cache.get_many(keys)
+        missing = list(dict.fromkeys(t for t, v in zip(texts, cached) if v is None))
+        self._metrics.cache_hits.inc(len(texts) - sum(v is None for v in cached))
+        self._metrics.cache_misses.inc(sum(v is None for v in cached))
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            with self._metrics.stage("tokenize"):
+                ids = await self._run(self._tokenizer.encode, missing)
+            with self._metrics.stage("triton_text"):
+                embeds = l2_normalize(await self._backend.embed_texts(ids, deadline))
+            fresh = dict(zip(missing, embeds))
+            self._cache.put_many([(self.meta.model_id, t) for t in missing], list(embeds))
+        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, cached)])
+
+    def _preprocess(self, image: ImageInput, field: str) -> np.ndarray:
+        if isinstance(image, EncodedImage):
+            return preprocess_encoded(image.data, field=field, limits=self._image_limits,
+                                      mode=self._mode)
+        return preprocess_raw(image.rgb, image.width, image.height, field=field,
+                              limits=self._image_limits)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+def _fields(name: str, indices: range) -> list[str]:
+    return [f"{name}[{i}]" for i in indices]
+
+
+def deadline_from(time_remaining: float | None) -> float | None:
+    """A monotonic deadline from gRPC's ``time_remaining()`` (None: the caller set none)."""
+    return None if time_remaining is None else time.monotonic() + time_remaining

@@ -1,0 +1,178 @@
+"""The gateway's gRPC server: wiring, health, readiness monitoring and graceful shutdown.
+
+Start-up order: checkpoint metadata and tokenizer (no weights, no torch) → one Triton
+client → gRPC server with health NOT_SERVING → a monitor that flips health to SERVING
+while Triton's two models are ready. Shutdown (SIGTERM): health NOT_SERVING at once,
+new calls refused, calls in flight drained within the grace period, then stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.admission import Admission
+from gateway.api.auth import BearerTokenInterceptor
+from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
+from gateway.backend.triton import TritonBackend
+from gateway.config import Settings
+from gateway.core.cache import EmbeddingCache
+from gateway.core.images import ImageLimits, PreprocessMode
+from gateway.core.model_meta import ModelMeta, load_model_meta
+from gateway.core.text import TextTokenizer
+from gateway.core.validation import RequestLimits
+from gateway.engine import Engine
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Health service names: readiness follows Triton; "liveness" only says the process answers.
+READINESS_SERVICES = ("", SERVICE_NAME)
+LIVENESS_SERVICE = "liveness"
+MONITOR_INTERVAL_S = 0.5
+
+
+@dataclass
+class Bound:
+    """Where the server listens (ports are real even when 0 was asked for)."""
+
+    port: int
+    metrics_port: int | None
+
+
+class GatewayServer:
+    def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
+                 ) -> None:
+        self.settings = settings
+        self.triton_url = triton_url
+        self.metrics = metrics or Metrics()
+        self.health = health.aio.HealthServicer()
+        self.admission = Admission(settings.max_in_flight, self.metrics.in_flight)
+        self.ready = asyncio.Event()
+        self._draining = False
+        self._server: grpc.aio.Server | None = None
+        self._backend: TritonBackend | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._monitor: asyncio.Task | None = None
+        self._metrics_http = None
+        self.meta: ModelMeta | None = None
+        self.bound: Bound | None = None
+
+    async def start(self) -> Bound:
+        s = self.settings
+        self.meta = await asyncio.to_thread(load_model_meta, s.model)
+        tokenizer = await asyncio.to_thread(TextTokenizer.from_pretrained, self.meta.path)
+        self._backend = TritonBackend(self.triton_url, max_message_bytes=s.max_message_bytes,
+                                      default_timeout_s=s.triton_timeout_s)
+        self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
+        engine = Engine(
+            meta=self.meta, tokenizer=tokenizer, backend=self._backend, pool=self._pool,
+            metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
+            request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
+            image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes),
+            mode=PreprocessMode(s.preprocess_mode))
+        interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
+        self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
+        add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode),
+                      self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        address = f"{s.host}:{s.port}"
+        port = (self._server.add_secure_port(address, self._credentials()) if s.tls_cert
+                else self._server.add_insecure_port(address))
+        for name in READINESS_SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._server.start()
+        metrics_port = None
+        if s.metrics_port >= 0:
+            self._metrics_http, _ = self.metrics.serve(s.metrics_port, s.host)
+            metrics_port = self._metrics_http.server_port
+        self._monitor = asyncio.create_task(self._watch_triton())
+        self.bound = Bound(port, metrics_port)
+        return self.bound
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self.ready.wait(), timeout_s)
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING now, refuse new calls, let calls in flight finish, then stop."""
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        end = time.monotonic() + grace_s
+        self._draining = True
+        self.admission.close()
+        for name in READINESS_SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("draining %d calls in flight (grace %.0f s)", self.admission.in_flight, grace_s)
+        while self.admission.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        if self._monitor:
+            self._monitor.cancel()
+        if self._server:
+            await self._server.stop(max(0.0, end - time.monotonic()))
+        if self._backend:
+            await self._backend.close()
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._metrics_http:
+            self._metrics_http.shutdown()
+        log.info("stopped")
+
+    async def wait_closed(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def _watch_triton(self) -> None:
+        assert self._backend is not None
+        was_ready: bool | None = None
+        while not self._draining:
+            ok = await self._backend.ready(timeout_s=1.0)
+            if ok != was_ready and not self._draining:
+                status = (health_pb2.HealthCheckResponse.SERVING if ok
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for name in READINESS_SERVICES:
+                    await self.health.set(name, status)
+                self.metrics.triton_ready.set(1 if ok else 0)
+                if ok:
+                    self.ready.set()
+                    log.info("Triton at %s is ready: SERVING", self.triton_url)
+                else:
+                    self.ready.clear()
+                    log.warning("Triton at %s is not ready: NOT_SERVING", self.triton_url)
+                was_ready = ok
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+
+    def _options(self) -> list[tuple[str, int]]:
+        s = self.settings
+        return [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            # Long-lived clients reconnect now and then, so new pods get their share.
+            ("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            # Fail loudly when the port is taken instead of silently sharing it.
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        s = self.settings
+        with open(s.tls_key, "rb") as f:
+            key = f.read()
+        with open(s.tls_cert, "rb") as f:
+            cert = f.read()
+        client_ca = None
+        if s.tls_client_ca:
+            with open(s.tls_client_ca, "rb") as f:
+                client_ca = f.read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
