@@ -109,12 +109,11 @@ async def _run_client(args: argparse.Namespace) -> int:
                                             top_k=args.top_k, timeout=args.timeout)
             if args.json:
                 print(json.dumps([[s.__dict__ for s in r] for r in results], indent=2))
-            for path, scores in zip(args.images, results):
-                if args.json:
-                    break
-                print(path)
-                for s in scores:
-                    print(f"  {s.probability:8.4f}  {s.logit:9.4f}  {s.label}")
+            else:
+                for path, scores in zip(args.images, results):
+                    print(path)
+                    for s in scores:
+                        print(f"  {s.probability:8.4f}  {s.logit:9.4f}  {s.label}")
         elif args.command == "embed":
             from pathlib import Path
 
