@@ -1,0 +1,115 @@
+"""Triton python-backend model: the SigLIP text tower.
+
+Contract (see model_repository/README.md): input `input_ids` int64 [N, 64] (SigLIP tokenizer,
+padding="max_length"); output `text_embeds` fp32 [N, D], equal to
+SiglipModel.get_text_features(input_ids=...) with no attention mask, as SigLIP was trained.
+
+Self-contained on purpose: Triton loads each model directory on its own.
+Checkpoint: config parameter `model`, else $SIGLIP_MODEL, else the hub's siglip-base-patch16-256.
+GPU instances compute in fp16 ($SIGLIP_DTYPE may say float16|bfloat16|float32); CPU in fp32.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from transformers import SiglipTextModel
+
+DEFAULT_MODEL = "google/siglip-base-patch16-256"
+INPUT, OUTPUT = "input_ids", "text_embeds"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _param(config, key):
+    return config.get("parameters", {}).get(key, {}).get("string_value", "").strip()
+
+
+def _error(message, code="INTERNAL"):
+    # Bad input maps to INVALID_ARGUMENT at the client; TritonError codes exist since Triton 23.x.
+    code = getattr(pb_utils.TritonError, code, None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        out_type = pb_utils.get_output_config_by_name(config, OUTPUT)["data_type"]
+        self.out_dtype = pb_utils.triton_string_to_numpy(out_type)
+        in_dims = pb_utils.get_input_config_by_name(config, INPUT)["dims"]
+        self.row_shape = tuple(int(d) for d in in_dims)
+
+        gpu = args.get("model_instance_kind") == "GPU"
+        self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
+        # fp16 on CPU is slow or unsupported for several ops: CPU always runs fp32.
+        dtype_name = (os.environ.get("SIGLIP_DTYPE") or "float16") if gpu else "float32"
+        if dtype_name not in DTYPES:
+            raise ValueError(f"SIGLIP_DTYPE={dtype_name!r}: want one of {sorted(DTYPES)}")
+        self.dtype = DTYPES[dtype_name]
+
+        checkpoint = _param(config, "model") or os.environ.get("SIGLIP_MODEL") or DEFAULT_MODEL
+        model = SiglipTextModel.from_pretrained(checkpoint)
+        if len(self.row_shape) != 1 or self.row_shape[0] > model.config.max_position_embeddings:
+            raise ValueError(f"{INPUT} dims {list(self.row_shape)} exceed the checkpoint's "
+                             f"{model.config.max_position_embeddings} positions")
+        # An out-of-range id would crash the embedding lookup of a whole batch: checked per request.
+        self.vocab_size = model.config.vocab_size
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+
+        # GPU fast path, off by default and untested here (no GPU in CI): dynamic shapes keep a
+        # single compiled graph for all batch sizes; warm-up below pays the compile at load time.
+        if gpu and _param(config, "torch_compile").lower() == "true":
+            self.model = torch.compile(self.model, dynamic=True)
+        # Fail at load, not on the first request, if the checkpoint or device is unusable.
+        for rows in (1, 2):
+            self._forward(np.zeros((rows, *self.row_shape), dtype=np.int64))
+
+    def _forward(self, input_ids):
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+            embeds = self.model(input_ids=ids).pooler_output
+            return embeds.float().cpu().numpy().astype(self.out_dtype, copy=False)
+
+    def _check(self, request):
+        """The request's array, or an error message that fails this request alone."""
+        tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
+        if tensor is None:
+            return None, f"missing input {INPUT!r}"
+        array = tensor.as_numpy()
+        if array.dtype != np.int64 or array.ndim != 2 or array.shape[1:] != self.row_shape:
+            return None, (
+                f"{INPUT} must be int64 [N, {self.row_shape[0]}], "
+                f"got {array.dtype} {list(array.shape)}"
+            )
+        if array.shape[0] == 0:
+            return None, f"{INPUT} has no rows"
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= self.vocab_size:
+            return None, f"{INPUT} ids must lie in [0, {self.vocab_size}), got [{low}, {high}]"
+        return array, None
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        arrays, owners = [], []
+        for i, request in enumerate(requests):
+            array, message = self._check(request)
+            if message:
+                responses[i] = _error(message, "INVALID_ARG")
+            else:
+                arrays.append(array)
+                owners.append(i)
+        if not arrays:
+            return responses
+        try:
+            embeds = self._forward(np.concatenate(arrays))
+        except Exception as exc:  # e.g. CUDA OOM: fail this batch's requests, keep serving
+            for i in owners:
+                responses[i] = _error(f"text forward failed: {type(exc).__name__}: {exc}")
+            return responses
+        offsets = np.cumsum([len(a) for a in arrays])[:-1]
+        for i, part in zip(owners, np.split(embeds, offsets), strict=True):
+            output = pb_utils.Tensor(OUTPUT, part)
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[output])
+        return responses

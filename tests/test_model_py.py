@@ -1,0 +1,296 @@
+"""Unit tests of the Triton python-backend models, without Triton.
+
+A stub `triton_python_backend_utils` stands in for the backend's module; each model.py is
+loaded from its path with the repository's real config.pbtxt (parsed with Triton's own
+ModelConfig proto), on the tiny random checkpoint, and compared with HF SiglipModel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import json_format, text_format
+from transformers import SiglipImageProcessor, SiglipModel, SiglipTokenizer
+from tritonclient.grpc import model_config_pb2
+
+REPO = Path(__file__).resolve().parents[1] / "model_repository"
+TOL = 1e-5
+
+
+# --- stub of triton_python_backend_utils ---------------------------------------------------
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        # The real backend hands tensors over as contiguous buffers.
+        assert isinstance(array, np.ndarray) and array.flags.c_contiguous, name
+        self._name, self._array = name, array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class _TritonError:
+    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"
+
+    def __init__(self, message: str, code: str = "INTERNAL") -> None:
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> str:
+        return self._code
+
+
+class _InferenceResponse:
+    def __init__(self, output_tensors: list[_Tensor], error: _TritonError | None = None) -> None:
+        self._outputs, self._error = output_tensors, error
+
+    def output_tensors(self) -> list[_Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> _TritonError | None:
+        return self._error
+
+
+class _InferenceRequest:
+    def __init__(self, inputs: list[_Tensor]) -> None:
+        self._inputs = inputs
+
+    def inputs(self) -> list[_Tensor]:
+        return self._inputs
+
+
+def _by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(item for item in items if item["name"] == name)
+
+
+def _make_stub() -> types.ModuleType:
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.Tensor = _Tensor
+    stub.TritonError = _TritonError
+    stub.InferenceResponse = _InferenceResponse
+    stub.InferenceRequest = _InferenceRequest
+    stub.get_input_tensor_by_name = lambda request, name: next(
+        (t for t in request.inputs() if t.name() == name), None
+    )
+    stub.get_input_config_by_name = lambda config, name: _by_name(config["input"], name)
+    stub.get_output_config_by_name = lambda config, name: _by_name(config["output"], name)
+    types_map = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_UINT8": np.uint8,
+                 "TYPE_INT64": np.int64}
+    stub.triton_string_to_numpy = types_map.__getitem__
+    return stub
+
+
+def _load(model_name: str, siglip_model: str, parameters: dict[str, str] | None = None) -> Any:
+    """Import model_repository/<model_name>/1/model.py and initialize it as Triton would on CPU."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "triton_python_backend_utils", _make_stub())
+        mp.setenv("SIGLIP_MODEL", siglip_model)
+        spec = importlib.util.spec_from_file_location(
+            f"{model_name}_model_py", REPO / model_name / "1" / "model.py"
+        )
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        pbtxt = (REPO / model_name / "config.pbtxt").read_text()
+        proto = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
+        config = json_format.MessageToDict(proto, preserving_proto_field_name=True)
+        for key, value in (parameters or {}).items():
+            config["parameters"][key] = {"string_value": value}
+        model = module.TritonPythonModel()
+        model.initialize({
+            "model_config": json.dumps(config),
+            "model_instance_kind": "CPU",
+            "model_instance_device_id": "0",
+        })
+        return model
+
+
+def _request(name: str, array: np.ndarray) -> _InferenceRequest:
+    return _InferenceRequest([_Tensor(name, np.ascontiguousarray(array))])
+
+
+def _output(response: _InferenceResponse, name: str) -> np.ndarray:
+    assert not response.has_error(), response.error().message()
+    (tensor,) = response.output_tensors()
+    assert tensor.name() == name
+    return tensor.as_numpy()
+
+
+def _count_forwards(monkeypatch: pytest.MonkeyPatch, model: Any) -> list[int]:
+    rows: list[int] = []
+    forward = model._forward
+
+    def spy(batch: np.ndarray) -> np.ndarray:
+        rows.append(len(batch))
+        return forward(batch)
+
+    monkeypatch.setattr(model, "_forward", spy)
+    return rows
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoint: Path) -> SiglipModel:
+    return SiglipModel.from_pretrained(tiny_checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def vision(tiny_checkpoint: Path) -> Any:
+    return _load("siglip_vision", str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def text(tiny_checkpoint: Path) -> Any:
+    return _load("siglip_text", str(tiny_checkpoint))
+
+
+def _pixels(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (rows, 256, 256, 3), dtype=np.uint8)
+
+
+def _image_reference(checkpoint: Path, model: SiglipModel, pixels: np.ndarray) -> np.ndarray:
+    # The checkpoint's own image processor does rescale + normalize (no resize: already 256).
+    processor = SiglipImageProcessor.from_pretrained(checkpoint)
+    batch = processor(images=list(pixels), do_resize=False, return_tensors="pt")
+    with torch.no_grad():
+        return model.get_image_features(pixel_values=batch["pixel_values"]).numpy()
+
+
+def _text_reference(model: SiglipModel, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.get_text_features(input_ids=torch.from_numpy(ids)).numpy()
+
+
+def _token_ids(checkpoint: Path, texts: list[str]) -> np.ndarray:
+    tokenizer = SiglipTokenizer.from_pretrained(checkpoint)
+    enc = tokenizer(texts, padding="max_length", max_length=64, truncation=True,
+                    return_tensors="np")
+    return enc["input_ids"].astype(np.int64)
+
+
+# --- vision -----------------------------------------------------------------------------------
+
+def test_vision_batch_split_matches_reference(
+    vision: Any, reference: SiglipModel, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = [_pixels(n, seed=n) for n in (1, 2, 3)]
+    forwards = _count_forwards(monkeypatch, vision)
+    responses = vision.execute([_request("pixels", p) for p in parts])
+    assert forwards == [6], "all requests must share one forward"
+    dim = reference.config.vision_config.hidden_size
+    for part, response in zip(parts, responses, strict=True):
+        got = _output(response, "image_embeds")
+        assert got.dtype == np.float32 and got.shape == (len(part), dim)
+        want = _image_reference(tiny_checkpoint, reference, part)
+        assert np.abs(got - want).max() <= TOL
+
+
+def test_vision_malformed_request_fails_alone(
+    vision: Any, reference: SiglipModel, tiny_checkpoint: Path
+) -> None:
+    good_a, good_b = _pixels(2, seed=10), _pixels(1, seed=11)
+    requests = [
+        _request("pixels", good_a),
+        _request("pixels", np.zeros((1, 256, 256, 4), np.uint8)),  # wrong trailing dim
+        _request("pixels", np.zeros((1, 224, 224, 3), np.uint8)),  # wrong size
+        _request("pixels", good_b),
+        _request("pixels", np.zeros((1, 256, 256, 3), np.float32)),  # wrong dtype
+        _InferenceRequest([]),  # missing input
+        _request("pixels", np.zeros((0, 256, 256, 3), np.uint8)),  # no rows
+    ]
+    responses = vision.execute(requests)
+    assert len(responses) == len(requests)
+    assert [r.has_error() for r in responses] == [False, True, True, False, True, True, True]
+    assert "[1, 256, 256, 4]" in responses[1].error().message()
+    assert {r.error().code() for r in responses if r.has_error()} == {"INVALID_ARG"}
+    for pixels, response in ((good_a, responses[0]), (good_b, responses[3])):
+        want = _image_reference(tiny_checkpoint, reference, pixels)
+        assert np.abs(_output(response, "image_embeds") - want).max() <= TOL
+
+
+def test_vision_forward_failure_fails_only_that_batch(
+    vision: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(vision, "_forward", boom)
+    responses = vision.execute([_request("pixels", _pixels(1, seed=1)), _InferenceRequest([])])
+    assert "out of memory" in responses[0].error().message()
+    assert responses[0].error().code() == "INTERNAL"
+    assert "missing input" in responses[1].error().message()
+
+
+def test_model_parameter_overrides_environment(tiny_checkpoint: Path) -> None:
+    model = _load("siglip_vision", "/nonexistent/checkpoint", {"model": str(tiny_checkpoint)})
+    assert model.out_dtype == np.float32
+
+
+# --- text -------------------------------------------------------------------------------------
+
+def test_text_batch_split_matches_reference(
+    text: Any, reference: SiglipModel, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _token_ids(tiny_checkpoint, [
+        "a photo of a dog", "A photo of a CAT!", "a red car on the street",
+        "two people walking near the sea", "blurry picture", "zebra",
+    ])
+    parts = [ids[:1], ids[1:3], ids[3:6]]
+    forwards = _count_forwards(monkeypatch, text)
+    responses = text.execute([_request("input_ids", p) for p in parts])
+    assert forwards == [6], "all requests must share one forward"
+    dim = reference.config.text_config.projection_size
+    for part, response in zip(parts, responses, strict=True):
+        got = _output(response, "text_embeds")
+        assert got.dtype == np.float32 and got.shape == (len(part), dim)
+        assert np.abs(got - _text_reference(reference, part)).max() <= TOL
+
+
+def test_text_malformed_request_fails_alone(
+    text: Any, reference: SiglipModel, tiny_checkpoint: Path
+) -> None:
+    good = _token_ids(tiny_checkpoint, ["a photo of a dog", "a cat"])
+    vocab = reference.config.text_config.vocab_size
+    too_big, negative = good[:1].copy(), good[:1].copy()
+    too_big[0, 3] = vocab
+    negative[0, 0] = -1
+    requests = [
+        _request("input_ids", too_big),
+        _request("input_ids", good),
+        _request("input_ids", negative),
+        _request("input_ids", good[:, :63]),  # wrong length
+        _request("input_ids", good.astype(np.int32)),  # wrong dtype
+        _request("input_ids", good[:1]),
+    ]
+    responses = text.execute(requests)
+    assert [r.has_error() for r in responses] == [True, False, True, True, True, False]
+    assert f"[0, {vocab})" in responses[0].error().message()
+    assert {r.error().code() for r in responses if r.has_error()} == {"INVALID_ARG"}
+    for ids, response in ((good, responses[1]), (good[:1], responses[5])):
+        want = _text_reference(reference, ids)
+        assert np.abs(_output(response, "text_embeds") - want).max() <= TOL
+
+
+def test_text_all_requests_bad_runs_no_forward(
+    text: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forwards = _count_forwards(monkeypatch, text)
+    responses = text.execute([_request("input_ids", np.full((1, 64), -5, np.int64))])
+    assert responses[0].has_error() and forwards == []
