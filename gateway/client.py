@@ -9,7 +9,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import grpc
 import numpy as np
@@ -19,7 +18,7 @@ from gateway.core.types import LabelScore
 from siglip.v1 import siglip_pb2 as pb
 from siglip.v1 import siglip_pb2_grpc as pb_grpc
 
-ImageLike = Union[bytes, str, os.PathLike, np.ndarray]
+ImageLike = bytes | str | os.PathLike | np.ndarray
 MiB = 1024 * 1024
 
 

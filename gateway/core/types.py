@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -22,9 +21,9 @@ class RawPixels:
     height: int
 
 
-ImageInput = Union[EncodedImage, RawPixels]
+ImageInput = EncodedImage | RawPixels
 # An Embed input: an image or a text.
-EmbedItem = Union[EncodedImage, RawPixels, str]
+EmbedItem = EncodedImage | RawPixels | str
 
 
 @dataclass(frozen=True)
