@@ -175,7 +175,7 @@ log "kubernetes-validate --strict ($K8S_VERSION): ok"
 # Skipped, for all rendered manifests:
 #   CKV_K8S_43 (image by digest): the images are this project's own, built and pushed at
 #     release; k8s/base pins them by version tag in its one `images:` block, and the deploy
-#     steps (k8s/README.md) replace the tag with the pushed digest via `kustomize edit set
+#     steps (README.md, Deploy) replace the tag with the pushed digest via `kustomize edit set
 #     image`. No digest exists before the push. Moving tags (:latest, none) are refused by
 #     tests/test_k8s_images.py and by CKV_K8S_14, which stays on.
 #   CKV_K8S_15 (imagePullPolicy Always): with immutable release tags or digests, Always only
