@@ -7,6 +7,7 @@ event loop is single-threaded, so a plain counter is exact.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,8 @@ class Admission:
         self.in_flight = 0
         self._gauge = gauge
         self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def close(self) -> None:
         """Refuse every new call from now on (graceful shutdown)."""
@@ -34,10 +37,23 @@ class Admission:
             raise Overloaded(
                 f"server is at its limit of {self.max_in_flight} calls in flight; retry later")
         self.in_flight += 1
+        self._idle.clear()
         self._gauge.set(self.in_flight)
         try:
             yield
         finally:
             self.in_flight -= 1
             self._gauge.set(self.in_flight)
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no call is in flight; False when that takes longer than ``timeout_s``."""
+        if self.in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))
+        except asyncio.TimeoutError:
+            return False
+        return True
 

@@ -1,4 +1,5 @@
-"""Command line: ``siglip-gateway serve | classify | embed | score | info | make-checkpoint | load``."""
+"""Command line: ``siglip-gateway serve | classify | embed | score | info | make-checkpoint |
+load``."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     c = client("classify", "zero-shot classify images against labels")
     c.add_argument("images", nargs="+", help="image files")
     c.add_argument("--labels", required=True, help="comma-separated labels")
-    c.add_argument("--template", help='prompt template with one "{}" (default: "This is a photo of {}.")')
+    c.add_argument("--template",
+                   help='prompt template with one "{}" (default: "This is a photo of {}.")')
     c.add_argument("--top-k", type=int, default=0)
     e = client("embed", "embed images and/or texts")
     e.add_argument("--image", action="append", default=[], help="image file (repeatable)")
@@ -86,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(serve(settings))
-    except Exception as exc:  # noqa: BLE001 - start-up failures end with one clear line
+    except Exception as exc:  # start-up failures end with one clear line
         logging.getLogger("gateway").error("start-up failed: %s", exc)
         return 1
 
@@ -110,7 +112,7 @@ async def _run_client(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([[s.__dict__ for s in r] for r in results], indent=2))
             else:
-                for path, scores in zip(args.images, results):
+                for path, scores in zip(args.images, results, strict=True):
                     print(path)
                     for s in scores:
                         print(f"  {s.probability:8.4f}  {s.logit:9.4f}  {s.label}")
@@ -121,9 +123,9 @@ async def _run_client(args: argparse.Namespace) -> int:
             embeds = await client.embed(inputs, timeout=args.timeout)
             names = args.image + [repr(t) for t in args.text]
             if args.json:
-                print(json.dumps({n: e.tolist() for n, e in zip(names, embeds)}))
+                print(json.dumps({n: e.tolist() for n, e in zip(names, embeds, strict=True)}))
             else:
-                for name, vec in zip(names, embeds):
+                for name, vec in zip(names, embeds, strict=True):
                     head = " ".join(f"{v:+.4f}" for v in vec[:6])
                     print(f"{name}: dim {len(vec)} [{head} ...]")
         elif args.command == "score":
@@ -133,8 +135,9 @@ async def _run_client(args: argparse.Namespace) -> int:
                 print(json.dumps({"logits": result.logits.tolist(),
                                   "probabilities": result.probabilities.tolist()}))
             else:
-                for path, row in zip(args.images, result.probabilities):
-                    print(path + ": " + "  ".join(f"{t}={p:.4f}" for t, p in zip(texts, row)))
+                for path, row in zip(args.images, result.probabilities, strict=True):
+                    pairs = zip(texts, row, strict=True)
+                    print(path + ": " + "  ".join(f"{t}={p:.4f}" for t, p in pairs))
         else:
             info = await client.model_info(timeout=args.timeout)
             from google.protobuf import json_format

@@ -72,7 +72,8 @@ class Settings:
 
     def validate(self) -> None:
         if self.preprocess_mode not in ("exact", "fast"):
-            raise ValueError(f"SIGLIP_PREPROCESS_MODE must be exact or fast, not {self.preprocess_mode!r}")
+            raise ValueError(
+                f"SIGLIP_PREPROCESS_MODE must be exact or fast, not {self.preprocess_mode!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
                      "max_in_flight", "workers", "max_message_bytes"):
             if getattr(self, name) < 1:
@@ -80,7 +81,8 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("SIGLIP_TLS_CERT and SIGLIP_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:
-            raise ValueError("SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
+            raise ValueError(
+                "SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

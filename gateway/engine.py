@@ -29,8 +29,10 @@ T = TypeVar("T")
 
 
 class Backend(Protocol):
-    async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray: ...
-    async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray: ...
+    async def embed_images(self, pixels: np.ndarray,
+                           deadline: float | None = None) -> np.ndarray: ...
+    async def embed_texts(self, input_ids: np.ndarray,
+                          deadline: float | None = None) -> np.ndarray: ...
 
 
 class Engine:
@@ -59,10 +61,11 @@ class Engine:
         image_embeds, text_embeds = await asyncio.gather(
             self._image_embeds(images, _fields("images", range(len(images))), deadline),
             self._text_embeds(prompts, deadline))
-        logits, probs = score(image_embeds, text_embeds, self.meta.logit_scale, self.meta.logit_bias)
+        logits, probs = score(image_embeds, text_embeds, self.meta.logit_scale,
+                              self.meta.logit_bias)
         results = []
-        for row_logits, row_probs in zip(logits, probs):
-            order = top_k(row_probs, k)
+        for row_logits, row_probs in zip(logits, probs, strict=True):
+            order = top_k(row_probs, k or None)  # the API's top_k 0 means all labels
             results.append([LabelScore(labels[j], float(row_probs[j]), float(row_logits[j]))
                             for j in order])
         return results
@@ -86,7 +89,7 @@ class Engine:
         check_count(field, len(image_at), self._limits.max_images, "image input", allow_empty=True)
         check_count(field, len(text_at), self._limits.max_texts, "text input", allow_empty=True)
         texts = [items[i] for i in text_at]
-        for i, text in zip(text_at, texts):
+        for i, text in zip(text_at, texts, strict=True):
             check_text(f"{field}[{i}].text", text, self._limits)
         image_embeds, text_embeds = await asyncio.gather(
             self._image_embeds([items[i] for i in image_at],
@@ -107,7 +110,7 @@ class Engine:
         with self._metrics.stage("decode"):
             pixels = await asyncio.gather(*(
                 self._run(self._preprocess, image, field)
-                for field, image in zip(fields, images)))
+                for field, image in zip(fields, images, strict=True)))
         batch = np.stack(pixels)
         with self._metrics.stage("triton_vision"):
             embeds = await self._backend.embed_images(batch, deadline)
@@ -119,7 +122,7 @@ class Engine:
         self._metrics.inputs.labels("text").observe(len(texts))
         keys = [(self.meta.model_id, t) for t in texts]
         cached = self._cache.get_many(keys)
-        missing = list(dict.fromkeys(t for t, v in zip(texts, cached) if v is None))
+        missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
         self._metrics.cache_hits.inc(len(texts) - sum(v is None for v in cached))
         self._metrics.cache_misses.inc(sum(v is None for v in cached))
         fresh: dict[str, np.ndarray] = {}
@@ -128,9 +131,10 @@ class Engine:
                 ids = await self._run(self._tokenizer.encode, missing)
             with self._metrics.stage("triton_text"):
                 embeds = l2_normalize(await self._backend.embed_texts(ids, deadline))
-            fresh = dict(zip(missing, embeds))
+            fresh = dict(zip(missing, embeds, strict=True))
             self._cache.put_many([(self.meta.model_id, t) for t in missing], list(embeds))
-        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, cached)])
+        return np.stack([v if v is not None else fresh[t]
+                         for t, v in zip(texts, cached, strict=True)])
 
     def _preprocess(self, image: ImageInput, field: str) -> np.ndarray:
         if isinstance(image, EncodedImage):

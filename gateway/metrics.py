@@ -20,7 +20,8 @@ STAGES = ("decode", "tokenize", "triton_vision", "triton_text", "total")
 INPUT_KINDS = ("image", "text")
 
 # Seconds: from sub-millisecond cache hits to multi-second overloaded GPUs.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 

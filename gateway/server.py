@@ -112,8 +112,7 @@ class GatewayServer:
         for name in READINESS_SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining %d calls in flight (grace %.0f s)", self.admission.in_flight, grace_s)
-        while self.admission.in_flight and time.monotonic() < end:
-            await asyncio.sleep(0.02)
+        await self.admission.wait_idle(end - time.monotonic())
         if self._monitor:
             self._monitor.cancel()
         if self._server:

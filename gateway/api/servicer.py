@@ -9,6 +9,7 @@ the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.admission import Admission
 from gateway.api import convert
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SiglipService"].full_name
 # Messages of one EmbedStream processed concurrently; responses still leave in order.
 STREAM_WINDOW = 4
+_LENGTH_DELIMITED = 2  # protobuf wire type of strings, bytes and messages
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,8 @@ class Undecodable:
 
     message_type: str
     error: str
+    # The string field that is not valid UTF-8 (``labels[1]``), when that is the reason.
+    bad_utf8_field: str | None = None
 
 
 class SiglipServicer:
@@ -63,8 +70,8 @@ class SiglipServicer:
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext,
                     ) -> pb.EmbedResponse:
         async def run() -> pb.EmbedResponse:
-            embeds = await self._engine.embed(
-                convert.embed_items_from_pb(request.inputs), deadline_from(context.time_remaining()))
+            embeds = await self._engine.embed(convert.embed_items_from_pb(request.inputs),
+                                              deadline_from(context.time_remaining()))
             return pb.EmbedResponse(embeddings=convert.embeddings_pb(embeds))
         return await self._call("Embed", request, context, run)
 
@@ -107,7 +114,7 @@ class SiglipServicer:
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        except Exception as exc:
             status = to_grpc_status(exc)
             code = status.code
             await context.abort(status.code, status.details, status.trailing_metadata)
@@ -124,7 +131,7 @@ class SiglipServicer:
                 items = convert.embed_items_from_pb(request.inputs)
                 await pending.put(asyncio.create_task(self._engine.embed(items, deadline)))
                 index += 1
-        except Exception as exc:  # noqa: BLE001 - handed to the writer, which answers it
+        except Exception as exc:  # handed to the writer, which answers it
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             await pending.put(failed)
@@ -141,7 +148,7 @@ class SiglipServicer:
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+        except Exception as exc:
             status = to_grpc_status(exc)
             code = status.code
             await context.abort(status.code, status.details, status.trailing_metadata)
@@ -157,10 +164,15 @@ class SiglipServicer:
 
 
 def _raise_if_undecodable(request: Any, field: str) -> None:
-    if isinstance(request, Undecodable):
-        raise InvalidInput(
-            f"not a valid {request.message_type}: {request.error} "
-            "(string fields must be valid UTF-8)", field=field)
+    if not isinstance(request, Undecodable):
+        return
+    if request.bad_utf8_field:
+        # Message fields are named relative to the request (or stream message) they are in.
+        raise InvalidInput("not valid UTF-8 (string fields must be valid UTF-8)",
+                           field=request.bad_utf8_field)
+    raise InvalidInput(
+        f"not a valid {request.message_type}: {request.error} "
+        "(string fields must be valid UTF-8)", field=field)
 
 
 def _parse(message_cls: type) -> Callable[[bytes], Any]:
@@ -168,8 +180,43 @@ def _parse(message_cls: type) -> Callable[[bytes], Any]:
         try:
             return message_cls.FromString(data)
         except DecodeError as exc:
-            return Undecodable(message_cls.DESCRIPTOR.full_name, str(exc) or "malformed message")
+            return Undecodable(message_cls.DESCRIPTOR.full_name, str(exc) or "malformed message",
+                               _bad_utf8_field(message_cls.DESCRIPTOR, data))
     return parse
+
+
+def _bad_utf8_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> str | None:
+    """Names the first string field of ``data`` that is not UTF-8 (protobuf's DecodeError
+    does not say which): the wire format is walked as unknown fields of an empty message."""
+    try:
+        wire = UnknownFieldSet(empty_pb2.Empty.FromString(data))
+    except DecodeError:
+        return None  # not a protobuf at all
+    seen: collections.Counter[int] = collections.Counter()
+    for item in wire:
+        fd = descriptor.fields_by_number.get(item.field_number)
+        if fd is None or item.wire_type != _LENGTH_DELIMITED:
+            continue
+        name = prefix + fd.name
+        if _is_repeated(fd):
+            name += f"[{seen[item.field_number]}]"
+            seen[item.field_number] += 1
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            try:
+                item.data.decode("utf-8")
+            except UnicodeDecodeError:
+                return name
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            found = _bad_utf8_field(fd.message_type, item.data, name + ".")
+            if found:
+                return found
+    return None
+
+
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    # Newer protobuf (6.x) has is_repeated and deprecates label; older versions have label only.
+    is_repeated = getattr(fd, "is_repeated", None)
+    return fd.label == FieldDescriptor.LABEL_REPEATED if is_repeated is None else is_repeated
 
 
 def add_to_server(servicer: SiglipServicer, server: grpc.aio.Server) -> None:

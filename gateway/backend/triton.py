@@ -71,7 +71,8 @@ class TritonBackend:
 
     async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """(N, 64) int64 → (N, D) float32, not normalized."""
-        return await self._infer(TEXT_MODEL, "input_ids", "text_embeds", input_ids, "INT64", deadline)
+        return await self._infer(TEXT_MODEL, "input_ids", "text_embeds", input_ids, "INT64",
+                                 deadline)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """True when Triton answers and both models are ready; never raises."""
