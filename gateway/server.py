@@ -24,7 +24,7 @@ from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
 from gateway.backend.triton import TritonBackend
 from gateway.config import Settings
 from gateway.core.cache import EmbeddingCache
-from gateway.core.images import ImageLimits, PreprocessMode
+from gateway.core.images import ImageLimits, PreprocessMode, ensure_mode_available
 from gateway.core.model_meta import ModelMeta, load_model_meta
 from gateway.core.text import TextTokenizer
 from gateway.core.validation import RequestLimits
@@ -67,6 +67,7 @@ class GatewayServer:
 
     async def start(self) -> Bound:
         s = self.settings
+        ensure_mode_available(PreprocessMode(s.preprocess_mode))
         self.meta = await asyncio.to_thread(load_model_meta, s.model)
         tokenizer = await asyncio.to_thread(TextTokenizer.from_pretrained, self.meta.path)
         self._backend = TritonBackend(self.triton_url, max_message_bytes=s.max_message_bytes,
