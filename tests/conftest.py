@@ -1,10 +1,17 @@
-"""Session-wide fixtures: a tiny random checkpoint made once per test session."""
+"""Session-wide fixtures: a tiny random checkpoint made once per test session, and one
+embedded Triton serving it (shared by every test marked `triton`)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from gateway.triton.launcher import EmbeddedTriton
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +20,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gateway.checkpoint import make_random_checkpoint
 
     return make_random_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def embedded_triton(tiny_checkpoint: Path) -> Iterator[EmbeddedTriton]:
+    """ONE real Triton (the repository's model_repository/, the tiny checkpoint) for the whole
+    session: starting one costs 30 s to minutes on a small busy CPU machine (each model's
+    stub imports torch and transformers). Don't stop or kill it; tests that need to, start
+    their own. Its start-up timeout stays within pytest's 300 s per-test timeout."""
+    from gateway.triton.launcher import EmbeddedTriton
+
+    triton = EmbeddedTriton(model=str(tiny_checkpoint), startup_timeout_s=270,
+                            logger=logging.getLogger("tests.embedded_triton"))
+    triton.start()
+    try:
+        yield triton
+    finally:
+        triton.stop(grace_s=5)
