@@ -1,7 +1,7 @@
 """The SiglipService servicer: converts, calls the engine, converts back. Nothing else.
 
 Every RPC goes through ``_call``: admission (in-flight bound), metrics, and the mapping
-of errors to gRPC statuses. Requests are parsed by ``_parse`` instead of grpc's
+of errors to gRPC statuses. Requests are parsed by ``parsing.parser`` instead of grpc's
 deserializer so that a malformed message (e.g. invalid UTF-8 in a string field) is
 the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
 """
@@ -9,23 +9,17 @@ the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import DecodeError
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.admission import Admission
 from gateway.api import convert
 from gateway.api.errors import to_grpc_status
-from gateway.core.errors import InvalidInput
+from gateway.api.parsing import parser, raise_if_undecodable
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
 from gateway.engine import Engine, deadline_from
 from gateway.metrics import Metrics
@@ -36,17 +30,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SiglipService"].full_name
 # Messages of one EmbedStream processed concurrently; responses still leave in order.
 STREAM_WINDOW = 4
-_LENGTH_DELIMITED = 2  # protobuf wire type of strings, bytes and messages
-
-
-@dataclass(frozen=True)
-class Undecodable:
-    """Stands in for a request that failed to parse, so the handler can answer it."""
-
-    message_type: str
-    error: str
-    # The string field that is not valid UTF-8 (``labels[1]``), when that is the reason.
-    bad_utf8_field: str | None = None
 
 
 class SiglipServicer:
@@ -127,7 +110,7 @@ class SiglipServicer:
         index = 0
         try:
             async for request in requests:
-                _raise_if_undecodable(request, f"stream message {index}")
+                raise_if_undecodable(request, f"stream message {index}")
                 items = convert.embed_items_from_pb(request.inputs)
                 await pending.put(asyncio.create_task(self._engine.embed(items, deadline)))
                 index += 1
@@ -142,7 +125,7 @@ class SiglipServicer:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            _raise_if_undecodable(request, "request")
+            raise_if_undecodable(request, "request")
             with self._admission.slot():
                 return await run()
         except asyncio.CancelledError:
@@ -163,62 +146,6 @@ class SiglipServicer:
             self._metrics.stage_seconds.labels("total").observe(elapsed)
 
 
-def _raise_if_undecodable(request: Any, field: str) -> None:
-    if not isinstance(request, Undecodable):
-        return
-    if request.bad_utf8_field:
-        # Message fields are named relative to the request (or stream message) they are in.
-        raise InvalidInput("not valid UTF-8 (string fields must be valid UTF-8)",
-                           field=request.bad_utf8_field)
-    raise InvalidInput(
-        f"not a valid {request.message_type}: {request.error} "
-        "(string fields must be valid UTF-8)", field=field)
-
-
-def _parse(message_cls: type) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return message_cls.FromString(data)
-        except DecodeError as exc:
-            return Undecodable(message_cls.DESCRIPTOR.full_name, str(exc) or "malformed message",
-                               _bad_utf8_field(message_cls.DESCRIPTOR, data))
-    return parse
-
-
-def _bad_utf8_field(descriptor: Descriptor, data: bytes, prefix: str = "") -> str | None:
-    """Names the first string field of ``data`` that is not UTF-8 (protobuf's DecodeError
-    does not say which): the wire format is walked as unknown fields of an empty message."""
-    try:
-        wire = UnknownFieldSet(empty_pb2.Empty.FromString(data))
-    except DecodeError:
-        return None  # not a protobuf at all
-    seen: collections.Counter[int] = collections.Counter()
-    for item in wire:
-        fd = descriptor.fields_by_number.get(item.field_number)
-        if fd is None or item.wire_type != _LENGTH_DELIMITED:
-            continue
-        name = prefix + fd.name
-        if _is_repeated(fd):
-            name += f"[{seen[item.field_number]}]"
-            seen[item.field_number] += 1
-        if fd.type == FieldDescriptor.TYPE_STRING:
-            try:
-                item.data.decode("utf-8")
-            except UnicodeDecodeError:
-                return name
-        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            found = _bad_utf8_field(fd.message_type, item.data, name + ".")
-            if found:
-                return found
-    return None
-
-
-def _is_repeated(fd: FieldDescriptor) -> bool:
-    # Newer protobuf (6.x) has is_repeated and deprecates label; older versions have label only.
-    is_repeated = getattr(fd, "is_repeated", None)
-    return fd.label == FieldDescriptor.LABEL_REPEATED if is_repeated is None else is_repeated
-
-
 def add_to_server(servicer: SiglipServicer, server: grpc.aio.Server) -> None:
     unary = {
         "Classify": pb.ClassifyRequest,
@@ -228,11 +155,11 @@ def add_to_server(servicer: SiglipServicer, server: grpc.aio.Server) -> None:
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name), request_deserializer=_parse(cls),
+            getattr(servicer, name), request_deserializer=parser(cls),
             response_serializer=lambda m: m.SerializeToString())
         for name, cls in unary.items()
     }
     handlers["EmbedStream"] = grpc.stream_stream_rpc_method_handler(
-        servicer.EmbedStream, request_deserializer=_parse(pb.EmbedStreamRequest),
+        servicer.EmbedStream, request_deserializer=parser(pb.EmbedStreamRequest),
         response_serializer=lambda m: m.SerializeToString())
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
