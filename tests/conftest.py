@@ -1,5 +1,6 @@
 """Session-wide fixtures: a tiny random checkpoint made once per test session, and one
-embedded Triton serving it (shared by every test marked `triton`)."""
+embedded Triton serving it (shared by every test marked `triton`), and the rendered
+Kubernetes overlays."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from k8s_render import OVERLAYS, Obj, render
 
 if TYPE_CHECKING:
     from gateway.triton.launcher import EmbeddedTriton
@@ -37,3 +39,15 @@ def embedded_triton(tiny_checkpoint: Path) -> Iterator[EmbeddedTriton]:
         yield triton
     finally:
         triton.stop(grace_s=5)
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    """Each Kubernetes overlay in turn (k8s/overlays/*)."""
+    return request.param
+
+
+@pytest.fixture
+def docs(overlay: str) -> list[Obj]:
+    """The overlay's manifests as rendered by `kubectl kustomize`."""
+    return render(overlay)

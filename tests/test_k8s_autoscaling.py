@@ -12,7 +12,6 @@ import re
 import pytest
 from k8s_render import (
     GATEWAY,
-    OVERLAYS,
     TRITON,
     Obj,
     adapter_rules,
@@ -23,16 +22,6 @@ from k8s_render import (
     of_kind,
     render,
 )
-
-
-@pytest.fixture(params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def docs(overlay: str) -> list[Obj]:
-    return render(overlay)
 
 
 def test_every_deployment_has_exactly_one_autoscaler(docs: list[Obj]) -> None:

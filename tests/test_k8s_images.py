@@ -16,7 +16,6 @@ import yaml
 from k8s_render import (
     GATEWAY,
     K8S,
-    OVERLAYS,
     REPO,
     TRITON,
     Obj,
@@ -28,17 +27,6 @@ from k8s_render import (
     triton_arg,
     workloads,
 )
-
-
-@pytest.fixture(params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def docs(overlay: str) -> list[Obj]:
-    return render(overlay)
-
 
 # --- images ---------------------------------------------------------------------------------
 

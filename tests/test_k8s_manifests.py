@@ -37,17 +37,6 @@ from k8s_render import (
     triton_arg,
 )
 
-
-@pytest.fixture(params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def docs(overlay: str) -> list[Obj]:
-    return render(overlay)
-
-
 # --- structure ------------------------------------------------------------------------------
 
 

@@ -7,11 +7,9 @@ only Prometheus reach the metrics ports.
 
 from __future__ import annotations
 
-import pytest
 from k8s_render import (
     GATEWAY,
     NAME_LABEL,
-    OVERLAYS,
     TRITON,
     Obj,
     all_containers,
@@ -21,20 +19,9 @@ from k8s_render import (
     of_kind,
     pod_labels,
     pod_spec,
-    render,
     selects,
     workloads,
 )
-
-
-@pytest.fixture(params=OVERLAYS)
-def overlay(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def docs(overlay: str) -> list[Obj]:
-    return render(overlay)
 
 
 def test_containers_are_restricted(docs: list[Obj]) -> None:
