@@ -49,6 +49,8 @@ class Engine:
         self._limits = request_limits
         self._image_limits = image_limits
         self._mode = mode
+        # Text embeddings being fetched right now, by text: see _text_embeds.
+        self._in_progress: dict[str, asyncio.Future[np.ndarray]] = {}
 
     async def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
                        template: str | None, k: int, deadline: float | None,
@@ -125,16 +127,44 @@ class Engine:
         missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
         self._metrics.cache_hits.inc(len(texts) - sum(v is None for v in cached))
         self._metrics.cache_misses.inc(sum(v is None for v in cached))
-        fresh: dict[str, np.ndarray] = {}
-        if missing:
-            with self._metrics.stage("tokenize"):
-                ids = await self._run(self._tokenizer.encode, missing)
-            with self._metrics.stage("triton_text"):
-                embeds = l2_normalize(await self._backend.embed_texts(ids, deadline))
-            fresh = dict(zip(missing, embeds, strict=True))
-            self._cache.put_many([(self.meta.model_id, t) for t in missing], list(embeds))
+        # Texts another request is already fetching are awaited, not fetched again: a burst of
+        # Classify calls on a cold cache sends each label to Triton once, not once per call.
+        joined = {t: self._in_progress[t] for t in missing if t in self._in_progress}
+        fresh = await self._fetch_texts([t for t in missing if t not in joined], deadline)
+        failed = []
+        for text, future in joined.items():
+            await asyncio.wait([future])  # never raises the fetcher's error or cancellation
+            if future.cancelled():  # that fetch failed or was cancelled: fetch it here
+                failed.append(text)
+            else:
+                fresh[text] = future.result()
+        fresh.update(await self._fetch_texts(failed, deadline))
         return np.stack([v if v is not None else fresh[t]
                          for t, v in zip(texts, cached, strict=True)])
+
+    async def _fetch_texts(self, texts: list[str], deadline: float | None,
+                           ) -> dict[str, np.ndarray]:
+        if not texts:
+            return {}
+        loop = asyncio.get_running_loop()
+        futures = {t: loop.create_future() for t in texts}
+        self._in_progress.update(futures)
+        try:
+            with self._metrics.stage("tokenize"):
+                ids = await self._run(self._tokenizer.encode, texts)
+            with self._metrics.stage("triton_text"):
+                embeds = l2_normalize(await self._backend.embed_texts(ids, deadline))
+            fresh = dict(zip(texts, embeds, strict=True))
+            self._cache.put_many([(self.meta.model_id, t) for t in texts], list(embeds))
+            for text, future in futures.items():
+                future.set_result(fresh[text])
+            return fresh
+        finally:
+            for text, future in futures.items():
+                if not future.done():
+                    future.cancel()  # waiters fetch for themselves
+                if self._in_progress.get(text) is future:
+                    del self._in_progress[text]
 
     def _preprocess(self, image: ImageInput, field: str) -> np.ndarray:
         if isinstance(image, EncodedImage):
