@@ -154,7 +154,10 @@ def make_random_checkpoint(out_dir: Path, size: Size, seed: int = 0) -> Path:
 
     spm_path = out_dir / "spiece.model"
     spm_path.write_bytes(_train_spm(seed))
-    tokenizer = SiglipTokenizer(vocab_file=str(spm_path), model_max_length=TEXT_LENGTH)
+    # Like the hub checkpoints: the tokenizer returns no attention_mask (SigLIP attends to
+    # its padding), so pipelines built on this checkpoint match the reference too.
+    tokenizer = SiglipTokenizer(vocab_file=str(spm_path), model_max_length=TEXT_LENGTH,
+                                model_input_names=["input_ids"])
     if tokenizer.vocab_size > config.text_config.vocab_size:
         raise RuntimeError("tokenizer vocabulary larger than the text embedding table")
     image_processor = SiglipImageProcessor(
