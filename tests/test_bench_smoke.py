@@ -37,7 +37,7 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
     meta = data["meta"]
     assert meta["checkpoint"] == {"path": str(tiny_checkpoint.resolve()), "size": "tiny",
                                   "random_weights": True}
-    assert meta["concurrency"] == 4 and meta["machine"]["nproc"] >= 1
+    assert meta["concurrency"] == 4 and meta["machine"]["nproc"] >= 1 and meta["complete"]
     check = meta["naive_pipeline_check"]
     assert isinstance(check["tokenizer_returns_attention_mask"], bool)
 
@@ -62,6 +62,11 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
         formed = cells["served"]["triton_batches"][model]
         assert cells["ceiling"]["batch"] == max(1, round(formed["mean_batch"] / rows)), name
         assert 1 <= formed["mean_batch"] <= 4 * rows  # never more than C requests' rows
+        assert formed["rows_per_request"] >= 1
+        # Where the CPU went: the gateway is measured in served only (Triton is the fixture's,
+        # not the benchmark's child, so it has no pid here).
+        assert set(cells["served"]["cpu_ms_per_request"]) == {"client", "gateway"}, name
+        assert set(cells["direct"]["cpu_ms_per_request"]) == {"client"}, name
 
     # Targets: the tiny one applies and is evaluated; the base ones are listed, not judged.
     targets = {(t["workload"], t["ratio"]): t for t in data["targets"]}

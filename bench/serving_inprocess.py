@@ -1,0 +1,190 @@
+"""The two in-process modes of the serving benchmark: `ceiling` and `naive`.
+
+ceiling: the towers Triton hosts (SiglipVisionModel / SiglipTextModel, same dtype as
+    model_repository/*/1/model.py: fp32 on CPU, fp16 on GPU), called on already-preprocessed
+    tensors at the batch size Triton formed under the served run. Model-bound: no decoding,
+    no tokenizing, no RPC. Classify's ten label embeddings are computed once (the gateway
+    caches them too), so its ceiling is the vision tower plus a 10-column score.
+naive: what a user writes by hand, in-process and sequential: transformers'
+    zero-shot-image-classification pipeline for Classify; SiglipProcessor + SiglipModel's
+    get_image_features / get_text_features (input_ids only, as the reference does) for
+    Embed and Score. Decoding and preprocessing are part of every call.
+
+torch and transformers are imported here only; every call returns a no-argument callable.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from serving_workloads import CLASSIFY_LABELS, Payloads, UniqueTexts, Workload
+
+TEXT_LENGTH = 64
+TEMPLATE = "This is a photo of {}."
+
+
+def _torch_dtype(device: str) -> Any:
+    import torch
+
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Ceiling:
+    def __init__(self, checkpoint: Path, device: str, *, compile: bool = False) -> None:
+        import torch
+        from transformers import SiglipTextModel, SiglipTokenizer, SiglipVisionModel
+
+        from gateway.core.model_meta import load_model_meta
+
+        self.device = device
+        self.dtype = _torch_dtype(device)
+        self.vision = SiglipVisionModel.from_pretrained(checkpoint).to(device, self.dtype).eval()
+        self.text = SiglipTextModel.from_pretrained(checkpoint).to(device, self.dtype).eval()
+        if compile:
+            self.vision = torch.compile(self.vision)
+            self.text = torch.compile(self.text)
+        self.tokenizer = SiglipTokenizer.from_pretrained(checkpoint)
+        meta = load_model_meta(str(checkpoint))
+        self.scale, self.bias = float(np.exp(meta.logit_scale)), meta.logit_bias
+        self.image_size = self.vision.config.image_size
+        with torch.inference_mode():
+            labels = self._ids([TEMPLATE.format(x) for x in CLASSIFY_LABELS])
+            self.label_embeds = _normalize(self.text(input_ids=labels).pooler_output.float())
+
+    def _ids(self, texts: list[str]) -> Any:
+        ids = self.tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH,
+                             truncation=True, return_tensors="pt")["input_ids"]
+        return ids.to(self.device)
+
+    def _pixels(self, payloads: Payloads, rows: int) -> Any:
+        import torch
+
+        # The same scaling model.py applies to uint8 pixels, done once, ahead of time.
+        x = torch.from_numpy(payloads.raw.copy()).permute(2, 0, 1).float()
+        x = x.div(255).sub(0.5).div(0.5)
+        return x.unsqueeze(0).repeat(rows, 1, 1, 1).to(self.device, self.dtype).contiguous()
+
+    def call_for(self, workload: Workload, batch: int, payloads: Payloads,
+                 texts: UniqueTexts) -> Callable[[], None]:
+        """One forward at `batch` requests; the benchmark scales the rate by `batch`."""
+        import torch
+
+        images = batch * workload.images_per_request
+        n_texts = batch * workload.texts_per_request
+        pixels = self._pixels(payloads, images) if images else None
+        ids = self._ids(texts.take(n_texts)) if n_texts else None
+        vision, text, device = self.vision, self.text, self.device
+        label_embeds, scale, bias = self.label_embeds, self.scale, self.bias
+
+        def run() -> None:
+            with torch.inference_mode():
+                if workload.name == "classify":
+                    img = _normalize(vision(pixel_values=pixels).pooler_output.float())
+                    torch.sigmoid(img @ label_embeds.T * scale + bias).cpu()
+                elif workload.name == "score":
+                    img = _normalize(vision(pixel_values=pixels).pooler_output.float())
+                    txt = _normalize(text(input_ids=ids).pooler_output.float())
+                    torch.sigmoid(img @ txt.T * scale + bias).cpu()
+                elif pixels is not None:
+                    vision(pixel_values=pixels).pooler_output.float().cpu()
+                else:
+                    text(input_ids=ids).pooler_output.float().cpu()
+            _sync(device)
+        return run
+
+
+class Naive:
+    def __init__(self, checkpoint: Path, device: str) -> None:
+        from transformers import SiglipModel, SiglipProcessor, pipeline
+
+        self.device = device
+        self.model = SiglipModel.from_pretrained(checkpoint).to(device).eval()
+        self.processor = SiglipProcessor.from_pretrained(checkpoint)
+        self.pipe = pipeline("zero-shot-image-classification", model=str(checkpoint),
+                             device=device)
+
+    def call_for(self, workload: Workload, payloads: Payloads,
+                 texts: UniqueTexts) -> Callable[[], object]:
+        import torch
+        from PIL import Image
+
+        model, processor, device = self.model, self.processor, self.device
+
+        def image_features(images: list[Image.Image]) -> Any:
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+            return _normalize(model.get_image_features(pixel_values=pixels))
+
+        def text_features(batch: list[str]) -> Any:
+            ids = processor(text=batch, padding="max_length", max_length=TEXT_LENGTH,
+                            truncation=True, return_tensors="pt")["input_ids"].to(device)
+            return _normalize(model.get_text_features(input_ids=ids))
+
+        name = workload.name
+        if name == "classify":
+            labels = list(CLASSIFY_LABELS)
+            return lambda: self.pipe(_decode(payloads.jpegs[0]), candidate_labels=labels)
+
+        def run() -> object:
+            with torch.no_grad():
+                if name == "embed_raw":
+                    return image_features([Image.fromarray(payloads.raw, "RGB")]).cpu()
+                if name == "embed_jpeg":
+                    return image_features([_decode(payloads.jpegs[0])]).cpu()
+                if name == "embed_text":
+                    return text_features(texts.take(1)).cpu()
+                img = image_features([_decode(b) for b in payloads.jpegs])
+                txt = text_features(texts.take(workload.texts_per_request))
+                logits = img @ txt.T * model.logit_scale.exp() + model.logit_bias
+                return torch.sigmoid(logits).cpu()
+        return run
+
+    def pipeline_check(self, payloads: Payloads) -> dict[str, Any]:
+        """What the pipeline does with SigLIP text, and how far its scores are from the reference.
+
+        The reference (and the gateway) feed the text tower input_ids only. The pipeline pads
+        to max_length=64 for SigLIP but passes whatever the tokenizer returns, so a tokenizer
+        that returns attention_mask makes it mask the pads, and its scores drift.
+        """
+        import torch
+
+        labels = list(CLASSIFY_LABELS)
+        image = _decode(payloads.jpegs[0])
+        sample = self.pipe.tokenizer(["x"], padding="max_length", max_length=TEXT_LENGTH)
+        out = self.pipe(image, candidate_labels=labels)
+        got = {d["label"]: d["score"] for d in out}
+        inputs = self.processor(text=[TEMPLATE.format(x) for x in labels], images=[image],
+                                padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                                return_tensors="pt")
+        with torch.no_grad():
+            logits = self.model(input_ids=inputs["input_ids"].to(self.device),
+                                pixel_values=inputs["pixel_values"].to(self.device)
+                                ).logits_per_image[0]
+        ref = torch.sigmoid(logits).cpu().numpy()
+        diff = max(abs(got[label] - float(p)) for label, p in zip(labels, ref, strict=True))
+        return {
+            "pipeline_text_padding": "max_length (64), truncation (transformers pads SigLIP so)",
+            "tokenizer_returns_attention_mask": "attention_mask" in sample,
+            "max_abs_probability_diff_vs_reference": diff,
+            "reference_max_probability": float(ref.max()),
+        }
+
+
+def _decode(data: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _normalize(x: Any) -> Any:
+    return x / x.norm(dim=-1, keepdim=True)

@@ -1,0 +1,217 @@
+"""Runs the serving benchmark's cells, one workload at a time, every mode back to back.
+
+Workload by workload (direct, served, ceiling, ceiling_compiled, naive) rather than mode by
+mode: on a shared machine the background load drifts over minutes, and the ratios compare
+cells measured within a minute or two of each other. With --rounds N that sequence repeats N
+times per workload and each mode reports its median round. Triton and the gateway stay up, idle,
+while the in-process modes run (an idle Triton costs no CPU); served runs before ceiling
+because the ceiling's batch is the one Triton formed under served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from serving_load import closed_loop, sequential
+from serving_procs import CpuMeter, GatewayProcess
+from serving_workloads import WORKLOADS, Payloads, UniqueTexts, Workload
+
+EXECUTION_ORDER = ("direct", "served", "ceiling", "ceiling_compiled", "naive")
+REMOTE = ("direct", "served")
+log = logging.getLogger("serving_bench")
+
+
+class RemoteSide:
+    """The gateway subprocess and the direct/served clients, over one Triton."""
+
+    def __init__(self, args: argparse.Namespace, checkpoint: Path, triton_url: str,
+                 log_dir: Path, meta: dict[str, Any]) -> None:
+        self.args, self.checkpoint, self.triton_url = args, checkpoint, triton_url
+        self.log_dir, self.meta = log_dir, meta
+        self.gateway: GatewayProcess | None = None
+        self.clients: dict[str, Any] = {}
+        self.pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="direct-prep")
+        self.stats: Any = None
+        self.cpu = CpuMeter({})
+
+    async def open(self) -> RemoteSide:
+        from serving_remote import Direct, Served, TritonStats
+
+        args = self.args
+        self.stats = TritonStats(self.triton_url)
+        if "direct" in args.mode_list:
+            self.clients["direct"] = Direct(self.triton_url, self.checkpoint, self.pool)
+        if "served" in args.mode_list:
+            self.gateway = GatewayProcess(self.checkpoint, self.triton_url,
+                                          self.log_dir / "gateway.log",
+                                          max_in_flight=max(64, 2 * args.concurrency),
+                                          **({"root": args.gateway_root}
+                                             if args.gateway_root else {}))
+            await asyncio.to_thread(self.gateway.start, args.startup_timeout)
+            self.meta["gateway_pid"] = self.gateway.pid
+            self.clients["served"] = Served(self.gateway.target, args.timeout)
+        self.cpu = CpuMeter({"client": os.getpid(), "triton": self.meta.get("triton_pid"),
+                             "gateway": self.gateway.pid if self.gateway else None},
+                            alone=("client",))  # Triton and the gateway are its children
+        return self
+
+    async def cell(self, mode: str, workload: Workload, payloads: Payloads,
+                   texts: UniqueTexts) -> dict[str, Any]:
+        from serving_remote import batch_delta
+
+        args = self.args
+        call = self.clients[mode].call_for(workload, payloads, texts)
+        before = await self.stats.counts()
+        cpu_before = self.cpu.snapshot()
+        cell = await closed_loop(call, concurrency=args.concurrency, warmup_s=args.warmup,
+                                 seconds=args.seconds, timeout_s=args.timeout)
+        cpu_after = self.cpu.snapshot()
+        summary = cell.summary(workload.items_per_request)
+        summary["concurrency"] = args.concurrency
+        summary["triton_batches"] = batch_delta(before, await self.stats.counts())
+        # All CPU the cell used (warm-up and drain included) over all the calls it completed.
+        if cell.completed and cpu_after:
+            summary["cpu_ms_per_request"] = {
+                k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / cell.completed * 1e3, 3)
+                for k in cpu_after if k in mode_processes(mode)}
+        return summary
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+        if self.stats is not None:
+            await self.stats.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.stop)
+
+
+def mode_processes(mode: str) -> tuple[str, ...]:
+    return ("client", "gateway", "triton") if mode == "served" else ("client", "triton")
+
+
+def ceiling_batch(workload: Workload, entry: dict[str, Any], concurrency: int) -> int:
+    """Requests per forward: what Triton formed under `served` (else `direct`), else C."""
+    model, rows = (("siglip_vision", workload.images_per_request) if workload.images_per_request
+                   else ("siglip_text", workload.texts_per_request))
+    for mode in ("served", "direct"):
+        seen = (entry["modes"].get(mode) or {}).get("triton_batches", {}).get(model)
+        if seen:
+            return max(1, round(seen["mean_batch"] / rows))
+    return concurrency
+
+
+class InProcessSide:
+    """ceiling, ceiling_compiled and naive; each model set is loaded on first use and kept."""
+
+    def __init__(self, args: argparse.Namespace, checkpoint: Path, meta: dict[str, Any]) -> None:
+        self.args, self.checkpoint, self.meta = args, checkpoint, meta
+        self.models: dict[str, Any] = {}
+
+    def _model(self, mode: str) -> Any:
+        from serving_inprocess import Ceiling, Naive
+
+        if mode not in self.models:
+            started = time.perf_counter()
+            if mode == "naive":
+                self.models[mode] = Naive(self.checkpoint, self.args.device)
+            else:
+                self.models[mode] = Ceiling(self.checkpoint, self.args.device,
+                                            compile=mode == "ceiling_compiled")
+            log.info("%s models loaded in %.1f s", mode, time.perf_counter() - started)
+        return self.models[mode]
+
+    def cell(self, mode: str, workload: Workload, entry: dict[str, Any], payloads: Payloads,
+             texts: UniqueTexts) -> dict[str, Any]:
+        args = self.args
+        model = self._model(mode)
+        started = time.perf_counter()
+        if mode == "naive":
+            if "naive_pipeline_check" not in self.meta:
+                self.meta["naive_pipeline_check"] = model.pipeline_check(payloads)
+            cell = sequential(model.call_for(workload, payloads, texts),
+                              warmup_s=args.warmup, seconds=args.seconds)
+            summary = cell.summary(workload.items_per_request)
+            summary["concurrency"] = 1
+        else:
+            batch = args.ceiling_batch or ceiling_batch(workload, entry, args.concurrency)
+            # torch.compile compiles (per batch shape) on the first call, in the warm-up.
+            cell = sequential(model.call_for(workload, batch, payloads, texts),
+                              warmup_s=args.warmup, seconds=args.seconds)
+            summary = cell.summary(workload.items_per_request * batch)
+            summary["batch"] = batch
+        summary["cell_wall_s"] = round(time.perf_counter() - started, 1)
+        return summary
+
+
+async def run_cells(args: argparse.Namespace, checkpoint: Path, triton_url: str | None,
+                    payloads: Payloads, results: dict[str, Any], meta: dict[str, Any],
+                    log_dir: Path, on_cell: Callable[[], object] = lambda: None) -> None:
+    remote: RemoteSide | None = None
+    remote_error = meta.get("remote_error")
+    if triton_url and set(REMOTE) & set(args.mode_list):
+        try:
+            remote = await RemoteSide(args, checkpoint, triton_url, log_dir, meta).open()
+        except Exception as exc:  # e.g. the gateway does not start: in-process modes still run
+            log.exception("direct/served unavailable")
+            remote_error = meta["remote_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    inproc = InProcessSide(args, checkpoint, meta)
+    texts = UniqueTexts()
+    try:
+        for name in args.workload_list:
+            workload, entry = WORKLOADS[name], results[name]
+            rounds: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(args.rounds):
+                for mode in (m for m in EXECUTION_ORDER if m in args.mode_list):
+                    try:
+                        if mode in REMOTE:
+                            if remote is None:
+                                raise RuntimeError(remote_error or "no Triton")
+                            summary = await remote.cell(mode, workload, payloads, texts)
+                        else:
+                            summary = await asyncio.to_thread(
+                                inproc.cell, mode, workload, entry, payloads, texts)
+                    except Exception as exc:  # recorded in the JSON; the other cells still run
+                        if mode not in REMOTE:
+                            log.exception("%s %s failed", name, mode)
+                        summary = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    _log_cell(name, mode, summary)
+                    rounds.setdefault(mode, []).append(summary)
+                    entry["modes"][mode] = median_cell(rounds[mode])
+                    on_cell()
+    finally:
+        if remote is not None:
+            await remote.close()
+
+
+def median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median items/s (the lower middle one for an even count), with every
+    round's items/s beside it; a failed round counts only when every round failed."""
+    ok = sorted((c for c in cells if "error" not in c), key=lambda c: c["items_per_s"])
+    if not ok:
+        return cells[-1]
+    if len(cells) == 1:
+        return ok[0]
+    return {**ok[(len(ok) - 1) // 2],
+            "rounds_items_per_s": [c.get("items_per_s") for c in cells]}
+
+
+def _log_cell(workload: str, mode: str, s: dict[str, Any]) -> None:
+    if "error" in s:
+        log.info("%-10s %-16s failed: %s", workload, mode, s["error"][:300])
+        return
+    log.info("%-10s %-16s %8.2f items/s  p50 %s ms  p99 %s ms  n=%d err=%d%s", workload, mode,
+             s["items_per_s"], _ms(s["p50_ms"]), _ms(s["p99_ms"]), s["requests"], s["errors"],
+             f"  first error: {s['first_error']}" if s.get("first_error") else "")
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
