@@ -31,7 +31,7 @@ async def serve(settings: Settings) -> int:
         log.info("starting embedded Triton for %s", checkpoint)
         await asyncio.to_thread(triton.start)
         triton_url = triton.grpc_url
-    server = GatewayServer(settings.replace(model=str(checkpoint)), triton_url)
+    server = GatewayServer(settings, triton_url, checkpoint=checkpoint)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -39,9 +39,11 @@ async def serve(settings: Settings) -> int:
     try:
         bound = await server.start()
         ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait([ready, asyncio.create_task(stop.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopping.cancel()
+        if server.ready.is_set():
             meta = server.meta
             assert meta is not None
             log.info(

@@ -9,10 +9,12 @@ new calls refused, calls in flight drained within the grace period, then stop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -49,9 +51,11 @@ class Bound:
 
 class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
-                 ) -> None:
+                 checkpoint: Path | None = None) -> None:
         self.settings = settings
         self.triton_url = triton_url
+        # Already resolved (e.g. a hub snapshot): read it, but report the model as named.
+        self._checkpoint = checkpoint
         self.metrics = metrics or Metrics()
         self.health = health.aio.HealthServicer()
         self.admission = Admission(settings.max_in_flight, self.metrics.in_flight)
@@ -68,7 +72,11 @@ class GatewayServer:
     async def start(self) -> Bound:
         s = self.settings
         ensure_mode_available(PreprocessMode(s.preprocess_mode))
-        self.meta = await asyncio.to_thread(load_model_meta, s.model)
+        if self._checkpoint is None:
+            self.meta = await asyncio.to_thread(load_model_meta, s.model)
+        else:
+            meta = await asyncio.to_thread(load_model_meta, str(self._checkpoint))
+            self.meta = dataclasses.replace(meta, model_id=s.model)
         tokenizer = await asyncio.to_thread(TextTokenizer.from_pretrained, self.meta.path)
         self._backend = TritonBackend(self.triton_url, max_message_bytes=s.max_message_bytes,
                                       default_timeout_s=s.triton_timeout_s)
