@@ -1,7 +1,7 @@
 """The SiglipService servicer: converts, calls the engine, converts back. Nothing else.
 
-Every RPC goes through ``_call``: admission (in-flight bound), metrics, and the mapping
-of errors to gRPC statuses. Requests are parsed by ``parsing.parser`` instead of grpc's
+Every RPC goes through ``_observed`` (metrics, errors mapped to gRPC statuses) and holds an
+admission slot (the in-flight bound). Requests are parsed by ``parsing.parser`` instead of grpc's
 deserializer so that a malformed message (e.g. invalid UTF-8 in a string field) is
 the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
 """
@@ -9,6 +9,7 @@ the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,11 +78,8 @@ class SiglipServicer:
     async def EmbedStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                           ) -> AsyncIterator[pb.EmbedStreamResponse]:
         """Up to STREAM_WINDOW messages in work at once; responses in request order."""
-        method = "EmbedStream"
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
         pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(STREAM_WINDOW)
-        try:
+        async with self._observed("EmbedStream", context):
             with self._admission.slot():
                 reader = asyncio.create_task(self._read_stream(requests, context, pending))
                 try:
@@ -94,15 +92,6 @@ class SiglipServicer:
                     while not pending.empty():
                         if (task := pending.get_nowait()) is not None:
                             task.cancel()
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            status = to_grpc_status(exc)
-            code = status.code
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        finally:
-            self._finish(method, code, start)
 
     async def _read_stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                            pending: asyncio.Queue) -> None:
@@ -122,12 +111,19 @@ class SiglipServicer:
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext,
                     run: Callable[[], Awaitable[Any]]) -> Any:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with self._observed(method, context):
             raise_if_undecodable(request, "request")
             with self._admission.slot():
                 return await run()
+
+    @contextlib.asynccontextmanager
+    async def _observed(self, method: str, context: grpc.aio.ServicerContext,
+                        ) -> AsyncIterator[None]:
+        """Metrics for one RPC, and every failure turned into its gRPC status."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
