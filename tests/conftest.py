@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 from k8s_render import OVERLAYS, Obj, render
 
 if TYPE_CHECKING:
@@ -51,3 +52,14 @@ def overlay(request: pytest.FixtureRequest) -> str:
 def docs(overlay: str) -> list[Obj]:
     """The overlay's manifests as rendered by `kubectl kustomize`."""
     return render(overlay)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fake(tiny_checkpoint: Path):
+    """A fake Triton (tests/fake_triton.py) per test module, with the tiny checkpoint's
+    embedding size: exact delays and errors for the fault tests."""
+    from fake_triton import FakeTriton
+    from gateway_harness import embedding_dim
+
+    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
+        yield fake

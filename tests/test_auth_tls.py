@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import pytest_asyncio
-from fake_triton import FakeTriton
 from gateway_harness import (
-    embedding_dim,
     health_status,
     make_tls_material,
     running_gateway,
@@ -20,12 +17,6 @@ from siglip.v1 import siglip_pb2 as pb
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "s3cret-token-for-tests"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake(tiny_checkpoint):
-    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ import grpc
 import imagegen
 import pytest
 import pytest_asyncio
-from fake_triton import VISION_MODEL, FakeTriton
+from fake_triton import VISION_MODEL
 from gateway_harness import (
     MiB,
     PeakRSS,
-    embedding_dim,
     health_status,
     running_gateway,
     small_raw_image,
@@ -54,12 +53,6 @@ def _bad_images() -> dict[str, pb.Image]:
         "raw RGB of the wrong length": pb.Image(
             raw=pb.RawImage(rgb=bytes(10 * 10 * 3 - 1), width=10, height=10)),
     }
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake(tiny_checkpoint):
-    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
-        yield fake
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -11,9 +11,8 @@ import urllib.request
 
 import grpc
 import pytest
-import pytest_asyncio
-from fake_triton import TEXT_MODEL, FakeTriton
-from gateway_harness import classify_request, embedding_dim, running_gateway, small_raw_image
+from fake_triton import TEXT_MODEL
+from gateway_harness import classify_request, running_gateway, small_raw_image
 
 from siglip.v1 import siglip_pb2 as pb
 from siglip.v1 import siglip_pb2_grpc as pb_grpc
@@ -22,12 +21,6 @@ pytestmark = pytest.mark.timeout(120)
 
 CALLS = 1_000
 CONCURRENCY = 16
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake(tiny_checkpoint):
-    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
-        yield fake
 
 
 def _scrape(port: int) -> set[str]:

@@ -17,7 +17,6 @@ from fake_triton import VISION_MODEL, FakeTriton
 from gateway_harness import (
     GatewayProcess,
     classify_request,
-    embedding_dim,
     running_gateway,
     small_raw_image,
     wait_until,
@@ -29,12 +28,6 @@ from siglip.v1 import siglip_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.timeout(60)
 
 IN_FLIGHT_GAUGE = "siglip_gateway_requests_in_flight"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake(tiny_checkpoint):
-    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
-        yield fake
 
 
 @pytest_asyncio.fixture(scope="module")

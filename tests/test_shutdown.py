@@ -13,13 +13,11 @@ import time
 
 import grpc
 import pytest
-import pytest_asyncio
-from fake_triton import VISION_MODEL, FakeTriton
+from fake_triton import VISION_MODEL
 from gateway_harness import (
     READINESS_SERVICES,
     GatewayProcess,
     classify_request,
-    embedding_dim,
     health_status,
     wait_until,
 )
@@ -29,12 +27,6 @@ from siglip.v1 import siglip_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.timeout(90)
 
 GRACE_S = 5.0
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake(tiny_checkpoint):
-    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
-        yield fake
 
 
 async def _start(tiny_checkpoint, fake, tmp_path, grace_s: float) -> GatewayProcess:

@@ -14,9 +14,8 @@ import asyncio
 
 import grpc
 import pytest
-import pytest_asyncio
-from fake_triton import VISION_MODEL, FakeTriton
-from gateway_harness import GatewayProcess, MiB, embedding_dim, small_raw_image
+from fake_triton import VISION_MODEL
+from gateway_harness import GatewayProcess, MiB, small_raw_image
 
 from siglip.v1 import siglip_pb2 as pb
 from siglip.v1 import siglip_pb2_grpc as pb_grpc
@@ -50,12 +49,6 @@ from gateway.cli import main
 raise SystemExit(main())
 """
 LEAKY_CALLS = 1_000
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake(tiny_checkpoint):
-    async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
-        yield fake
 
 
 async def soak(gw: GatewayProcess, n_calls: int) -> tuple[int, int]:
