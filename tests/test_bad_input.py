@@ -107,7 +107,9 @@ async def test_bad_images_are_invalid_argument_fast_and_bounded(channel, fake):
             assert await health_status(channel, "") == "SERVING", name
     print(f"bad images: slowest {max(timings.values()) * 1000:.0f} ms, "
           f"peak RSS growth {rss.growth / MiB:.1f} MB ({rss.samples} samples)")
-    assert rss.samples > 10
+    # The sampler really ran while the images were handled (they take ~3 ms each, so a
+    # handful of 2 ms samples is all a busy machine gives; 10 was flaky in CI).
+    assert rss.samples >= 3
     assert rss.growth < 100 * MiB, f"RSS grew {rss.growth / MiB:.0f} MB"
     assert fake.calls[VISION_MODEL] == vision_calls  # nothing bad reached Triton
     # The same bytes are bad in Embed too, under that RPC's field name.
