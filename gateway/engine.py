@@ -17,11 +17,11 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.core.cache import EmbeddingCache
-from gateway.core.images import ImageLimits, PreprocessMode, preprocess_encoded, preprocess_raw
+from gateway.core.images import ImageLimits, PreprocessMode, preprocess_image
 from gateway.core.model_meta import ModelMeta
 from gateway.core.scoring import l2_normalize, score, top_k
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE, TextTokenizer, fill_prompt
-from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore
+from gateway.core.types import EmbedItem, ImageInput, LabelScore
 from gateway.core.validation import RequestLimits, check_count, check_text, check_texts
 from gateway.metrics import Metrics
 
@@ -167,11 +167,7 @@ class Engine:
                     del self._in_progress[text]
 
     def _preprocess(self, image: ImageInput, field: str) -> np.ndarray:
-        if isinstance(image, EncodedImage):
-            return preprocess_encoded(image.data, field=field, limits=self._image_limits,
-                                      mode=self._mode)
-        return preprocess_raw(image.rgb, image.width, image.height, field=field,
-                              limits=self._image_limits)
+        return preprocess_image(image, field=field, limits=self._image_limits, mode=self._mode)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -16,8 +16,6 @@ class ErrorKind(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
-    UNAUTHENTICATED = "unauthenticated"
-    CANCELLED = "cancelled"
     INTERNAL = "internal"
 
 
@@ -58,10 +56,6 @@ class ShuttingDown(GatewayError):
 
 class DeadlineExceeded(GatewayError):
     kind = ErrorKind.DEADLINE_EXCEEDED
-
-
-class Unauthenticated(GatewayError):
-    kind = ErrorKind.UNAUTHENTICATED
 
 
 class BackendError(GatewayError):
