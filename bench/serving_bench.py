@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES),
                    help=f"comma-separated subset of {','.join(ALL_MODES)}")
     p.add_argument("--compile", action="store_true", help="add the ceiling_compiled mode")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode of ceiling_compiled (GPU: reduce-overhead = CUDA "
+                        "graphs, as the Triton models' compile_mode parameter)")
+    p.add_argument("--model-repository", type=Path,
+                   help="the embedded Triton's model repository (default: model_repository/)")
     p.add_argument("--ceiling-batch", type=int,
                    help="requests per ceiling forward (default: the batch Triton formed under "
                         "served, else direct, else the concurrency)")
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": {"path": str(checkpoint), "size": size,
                        "random_weights": bool(cfg.get("random_weights"))},
         "concurrency": args.concurrency, "seconds": args.seconds, "warmup_s": args.warmup,
-        "rounds": args.rounds,
+        "rounds": args.rounds, "compile_mode": args.compile_mode,
+        "model_repository": str(args.model_repository or "model_repository"),
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
         "items": {w: WORKLOADS[w].item for w in args.workload_list},
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if not triton_url and {"direct", "served"} & set(args.mode_list):
             try:
                 triton_url, triton_pid = stack.enter_context(
-                    embedded_triton(checkpoint, args.startup_timeout, env=triton_env))
+                    embedded_triton(checkpoint, args.startup_timeout, env=triton_env,
+                                    model_repository=args.model_repository))
             except Exception as exc:  # e.g. Triton cannot run here: in-process modes still run
                 log.exception("embedded Triton did not start")
                 meta["remote_error"] = f"{type(exc).__name__}: {exc}"[:2000]

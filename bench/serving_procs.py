@@ -48,12 +48,13 @@ def cached_checkpoint(size: str, cache_dir: Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def embedded_triton(checkpoint: Path, startup_timeout_s: float,
-                    env: dict[str, str] | None = None) -> Iterator[tuple[str, int | None]]:
+                    env: dict[str, str] | None = None,
+                    model_repository: Path | None = None) -> Iterator[tuple[str, int | None]]:
     """Starts the embedded Triton on `checkpoint`; yields its gRPC HOST:PORT and its pid."""
     from gateway.triton.launcher import EmbeddedTriton
 
     triton = EmbeddedTriton(model=str(checkpoint), startup_timeout_s=startup_timeout_s,
-                            env=env)
+                            env=env, model_repository=model_repository)
     triton.start()
     try:
         yield triton.grpc_url, triton.pid

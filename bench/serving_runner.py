@@ -124,8 +124,9 @@ class InProcessSide:
             if mode == "naive":
                 self.models[mode] = Naive(self.checkpoint, self.args.device)
             else:
+                compile_mode = self.args.compile_mode if mode == "ceiling_compiled" else None
                 self.models[mode] = Ceiling(self.checkpoint, self.args.device,
-                                            compile=mode == "ceiling_compiled")
+                                            compile_mode=compile_mode)
             log.info("%s models loaded in %.1f s", mode, time.perf_counter() - started)
         return self.models[mode]
 

@@ -7,8 +7,10 @@ ModelConfig proto), on the tiny random checkpoint, and compared with HF SiglipMo
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -96,22 +98,36 @@ def _make_stub() -> types.ModuleType:
     return stub
 
 
-def _load(model_name: str, siglip_model: str, parameters: dict[str, str] | None = None) -> Any:
-    """Import model_repository/<model_name>/1/model.py and initialize it as Triton would on CPU."""
+def _module(model_name: str) -> types.ModuleType:
+    """model_repository/<model_name>/1/model.py, imported under the stub backend module."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "triton_python_backend_utils", _make_stub())
-        mp.setenv("SIGLIP_MODEL", siglip_model)
         spec = importlib.util.spec_from_file_location(
             f"{model_name}_model_py", REPO / model_name / "1" / "model.py"
         )
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        return module
+
+
+def _load(model_name: str, siglip_model: str, parameters: dict[str, str] | None = None,
+          max_batch_size: int | None = None, compile_env: str | None = None) -> Any:
+    """Import model_repository/<model_name>/1/model.py and initialize it as Triton would on CPU."""
+    module = _module(model_name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGLIP_MODEL", siglip_model)
+        if compile_env is None:
+            mp.delenv("SIGLIP_COMPILE_MODE", raising=False)
+        else:
+            mp.setenv("SIGLIP_COMPILE_MODE", compile_env)
         pbtxt = (REPO / model_name / "config.pbtxt").read_text()
         proto = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
         config = json_format.MessageToDict(proto, preserving_proto_field_name=True)
         for key, value in (parameters or {}).items():
             config["parameters"][key] = {"string_value": value}
+        if max_batch_size is not None:
+            config["max_batch_size"] = max_batch_size
         model = module.TritonPythonModel()
         model.initialize({
             "model_config": json.dumps(config),
@@ -294,3 +310,79 @@ def test_text_all_requests_bad_runs_no_forward(
     forwards = _count_forwards(monkeypatch, text)
     responses = text.execute([_request("input_ids", np.full((1, 64), -5, np.int64))])
     assert responses[0].has_error() and forwards == []
+
+
+# --- compiled batch buckets (the GPU fast path's logic, run on CPU) ---------------------------
+
+def _record_shapes(model: Any) -> list[int]:
+    shapes: list[int] = []
+    compiled = model.runner._fn
+
+    def spy(batch: torch.Tensor) -> torch.Tensor:
+        shapes.append(batch.shape[0])
+        return compiled(batch)
+
+    model.runner._fn = spy
+    return shapes
+
+
+def test_vision_compiled_buckets_pad_and_match_reference(
+    reference: SiglipModel, tiny_checkpoint: Path
+) -> None:
+    model = _load("siglip_vision", str(tiny_checkpoint), max_batch_size=4,
+                  parameters={"compile_mode": "default", "batch_buckets": "1,4"})
+    shapes = _record_shapes(model)
+    full, parts = _pixels(4, seed=40), [_pixels(1, seed=41), _pixels(2, seed=42)]
+    with torch._dynamo.config.patch(error_on_recompile=True):  # every shape was built at load
+        model.execute([_request("pixels", full)])
+        # 3 rows run as 4: the 4th is whatever the previous batch left in the buffers.
+        responses = model.execute([_request("pixels", p) for p in parts])
+        single = model.execute([_request("pixels", parts[0])])
+    assert shapes == [4, 4, 1]
+    for part, response in [*zip(parts, responses, strict=True), (parts[0], single[0])]:
+        want = _image_reference(tiny_checkpoint, reference, part)
+        assert np.abs(_output(response, "image_embeds") - want).max() <= TOL
+
+
+def test_text_compiled_from_environment_matches_reference(
+    reference: SiglipModel, tiny_checkpoint: Path
+) -> None:
+    # $SIGLIP_COMPILE_MODE wins over the (empty) config parameter; on CPU "reduce-overhead"
+    # compiles without CUDA graphs.
+    model = _load("siglip_text", str(tiny_checkpoint), max_batch_size=8,
+                  parameters={"batch_buckets": "2,8"}, compile_env="reduce-overhead")
+    shapes = _record_shapes(model)
+    ids = _token_ids(tiny_checkpoint, ["a dog", "A CAT!", "a red car", "the sea", "zebra"])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        responses = model.execute([_request("input_ids", ids[:1]), _request("input_ids", ids[1:])])
+    assert shapes == [8]
+    for part, response in zip((ids[:1], ids[1:]), responses, strict=True):
+        assert np.abs(_output(response, "text_embeds") - _text_reference(reference, part)).max() \
+            <= TOL
+
+
+@pytest.mark.parametrize(("parameters", "env", "message"), [
+    ({"compile_mode": "fastest"}, None, "compile_mode='fastest'"),
+    ({}, "bogus", "compile_mode='bogus'"),
+    ({"batch_buckets": "1,2,32"}, None, "ending at 64"),
+    ({"batch_buckets": "0,64"}, None, "ending at 64"),
+    ({"batch_buckets": "one,64"}, None, "ending at 64"),
+])
+def test_bad_compile_settings_fail_the_load(
+    tiny_checkpoint: Path, parameters: dict[str, str], env: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _load("siglip_vision", str(tiny_checkpoint), parameters, compile_env=env)
+
+
+def test_both_towers_share_one_batch_runner() -> None:
+    # Each model directory must be self-contained, so the runner is duplicated: kept identical.
+    def definitions(model_name: str) -> dict[str, str]:
+        source = (REPO / model_name / "1" / "model.py").read_text()
+        return {node.name: ast.get_source_segment(source, node) or ""
+                for node in ast.parse(source).body
+                if isinstance(node, ast.ClassDef | ast.FunctionDef)}
+
+    vision, text = definitions("siglip_vision"), definitions("siglip_text")
+    for name in ("BatchRunner", "_buckets", "_param", "_error"):
+        assert vision[name] and vision[name] == text[name], name

@@ -7,6 +7,9 @@ already resized); output `image_embeds` fp32 [N, D], equal to SiglipModel.get_im
 Self-contained on purpose: Triton loads each model directory on its own.
 Checkpoint: config parameter `model`, else $SIGLIP_MODEL, else the hub's siglip-base-patch16-256.
 GPU instances compute in fp16 ($SIGLIP_DTYPE may say float16|bfloat16|float32); CPU in fp32.
+Compilation: config parameter `compile_mode` (or $SIGLIP_COMPILE_MODE, which wins): empty for
+eager, else a torch.compile mode ("default", "reduce-overhead" = with CUDA graphs on GPU,
+"max-autotune", ...), compiled at load for each size in parameter `batch_buckets`.
 """
 
 import json
@@ -20,10 +23,21 @@ from transformers import SiglipVisionModel
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
 INPUT, OUTPUT = "pixels", "image_embeds"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _param(config, key):
     return config.get("parameters", {}).get(key, {}).get("string_value", "").strip()
+
+
+def _buckets(text, max_rows):
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1 or sizes[-1] != max_rows:
+        raise ValueError(f"batch_buckets {text!r}: want ascending sizes ending at {max_rows}")
+    return sizes
 
 
 def _error(message, code="INTERNAL"):
@@ -31,6 +45,66 @@ def _error(message, code="INTERNAL"):
     code = getattr(pb_utils.TritonError, code, None)
     error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class BatchRunner:
+    """Runs a tower on row batches: one staging buffer, optional compiled shapes.
+
+    The staging buffer holds max_batch_size rows. On GPU it is pinned, so the host-to-device
+    copy is a single DMA of the batch. With a compile mode each batch runs padded (on the
+    device, with whatever rows the previous batch left there) up to the next bucket size: the
+    compiled code, and with "reduce-overhead" its CUDA graphs, exist for those shapes only,
+    all built at load time. SigLIP's towers have no cross-row operation (LayerNorm is per
+    token), so the padding rows cannot change the real ones; tests check it against eager.
+    """
+
+    def __init__(self, fn, *, device, rows, row_shape, np_dtype, compile_mode, buckets):
+        cuda = device.type == "cuda"
+        host = torch.from_numpy(np.zeros((rows, *row_shape), dtype=np_dtype))
+        self._host = host.pin_memory() if cuda else host
+        self._host_np = self._host.numpy()
+        self._device_in = torch.empty_like(self._host, device=device) if cuda else self._host
+        self._mark_step = cuda and compile_mode == "reduce-overhead"
+        self.buckets = tuple(buckets) if compile_mode else ()
+        if compile_mode:
+            # One compiled entry per bucket: more than dynamo's default recompile limit (8).
+            limit = len(self.buckets) + 4
+            config = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(config, name):
+                    setattr(config, name, max(getattr(config, name), limit))
+            fn = torch.compile(fn, mode=compile_mode, dynamic=False)
+        self._fn = fn
+
+    def gather(self, arrays):
+        """The requests' rows concatenated into the staging buffer (a view of it)."""
+        rows = sum(len(a) for a in arrays)
+        if rows > len(self._host_np):
+            return np.concatenate(arrays)  # never from Triton (max_batch_size); __call__ refuses
+        return np.concatenate(arrays, out=self._host_np[:rows])
+
+    def warm_up(self):
+        """Builds every bucket's code (and CUDA graphs: recorded on the third call) up front."""
+        calls = 3 if self._mark_step else 1
+        for rows in self.buckets or (1, 2):
+            for _ in range(calls):
+                self(self._host_np[:rows])
+
+    def __call__(self, batch):
+        rows = len(batch)
+        if rows > len(self._host_np):
+            raise ValueError(f"{rows} rows exceed max_batch_size {len(self._host_np)}")
+        if batch.ctypes.data != self._host_np.ctypes.data:
+            self._host_np[:rows] = batch
+        padded = next((b for b in self.buckets if b >= rows), rows)
+        with torch.inference_mode():
+            if self._device_in is not self._host:
+                self._device_in[:rows].copy_(self._host[:rows], non_blocking=True)
+            if self._mark_step:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self._fn(self._device_in[:padded])[:rows]
+            # .cpu() waits for the device: the staging buffer is free again when this returns.
+            return out.float().cpu().numpy()
 
 
 class TritonPythonModel:
@@ -56,21 +130,26 @@ class TritonPythonModel:
             raise ValueError(f"{INPUT} dims {list(self.row_shape)}, checkpoint wants {size}x{size}")
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
 
-        # GPU fast path, off by default and untested here (no GPU in CI): dynamic shapes keep a
-        # single compiled graph for all batch sizes; warm-up below pays the compile at load time.
-        if gpu and _param(config, "torch_compile").lower() == "true":
-            self.model = torch.compile(self.model, dynamic=True)
-        # Fail at load, not on the first request, if the checkpoint or device is unusable.
-        for rows in (1, 2):
-            self._forward(np.zeros((rows, *self.row_shape), dtype=np.uint8))
+        dtype, model = self.dtype, self.model
 
-    def _forward(self, pixels):
-        with torch.inference_mode():
-            x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        def tower(pixels):
             # The processor's rescale (1/255) and normalize (mean = std = 0.5), in that order.
-            x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0).sub_(0.5).div_(0.5)
-            embeds = self.model(pixel_values=x).pooler_output
-            return embeds.float().cpu().numpy().astype(self.out_dtype, copy=False)
+            x = pixels.permute(0, 3, 1, 2).to(dtype).div_(255.0).sub_(0.5).div_(0.5)
+            return model(pixel_values=x).pooler_output
+
+        compile_mode = os.environ.get("SIGLIP_COMPILE_MODE", _param(config, "compile_mode"))
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={compile_mode!r}: want one of {list(COMPILE_MODES)}")
+        rows = int(config["max_batch_size"])
+        buckets = _buckets(_param(config, "batch_buckets") or str(rows), rows)
+        self.runner = BatchRunner(tower, device=self.device, rows=rows, row_shape=self.row_shape,
+                                  np_dtype=np.uint8, compile_mode=compile_mode, buckets=buckets)
+        # Fail at load, not on the first request, if the checkpoint or device is unusable; and
+        # pay for compilation (every bucket) now rather than in the first requests.
+        self.runner.warm_up()
+
+    def _forward(self, batch):
+        return self.runner(batch).astype(self.out_dtype, copy=False)
 
     def _check(self, request):
         """The request's array, or an error message that fails this request alone."""
@@ -100,7 +179,7 @@ class TritonPythonModel:
         if not arrays:
             return responses
         try:
-            embeds = self._forward(np.concatenate(arrays))
+            embeds = self._forward(self.runner.gather(arrays))
         except Exception as exc:  # e.g. CUDA OOM: fail this batch's requests, keep serving
             for i in owners:
                 responses[i] = _error(f"vision forward failed: {type(exc).__name__}: {exc}")
