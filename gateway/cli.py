@@ -1,5 +1,5 @@
 """Command line: ``siglip-gateway serve | classify | embed | score | info | make-checkpoint |
-load``."""
+load | export-onnx``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.loadgen import main as load
 
         return load(argv[1:])
+    if argv and argv[0] == "export-onnx":
+        from gateway.onnx_export import main as export_onnx
+
+        return export_onnx(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -39,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("make-checkpoint", help="write a random checkpoint (see --help)")
     sub.add_parser("load", help="load-test a running server, ghz-style (see --help)")
+    sub.add_parser("export-onnx", help="export the towers as an ONNX Runtime/TensorRT Triton "
+                   "model repository (see --help)")
 
     s = sub.add_parser("serve", help="run the gRPC service (embedded Triton unless --triton-url)")
     s.add_argument("--model", help="hub id or local checkpoint directory (SIGLIP_MODEL)")
