@@ -12,16 +12,19 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 # checkov:skip=CKV_DOCKER_2:No HEALTHCHECK: Kubernetes ignores it; the pod probes /v2/health/{live,ready} (k8s/base/triton/deployment.yaml).
 
 # The python backend's stub runs model.py with this interpreter: torch and transformers go
-# into the system Python, same versions as the project's tests. torch from PyPI is the Linux
-# CUDA build with its CUDA 13 runtime bundled: the node's NVIDIA driver must be >= 580. For
+# into the system Python, same versions as the project's tests. torchvision (same index as
+# torch, so built for the same CUDA) is siglip_image_decode's nvJPEG decoder: its GPU
+# instances do not load without it. torch from PyPI is the Linux CUDA build with its
+# CUDA 13 runtime bundled: the node's NVIDIA driver must be >= 580. For
 # older drivers take a CUDA 12 build from the PyTorch index:
 #   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126
 # (torch and its CUDA libraries then come from that index alone; `torch==2.13.0` in the second
 # install is already satisfied by the 2.13.0+cu126 build).
 ARG TORCH_INDEX=https://pypi.org/simple
-RUN pip install --no-cache-dir --index-url="${TORCH_INDEX}" torch==2.13.0 \
+RUN pip install --no-cache-dir --index-url="${TORCH_INDEX}" torch==2.13.0 torchvision==0.28.0 \
     && pip install --no-cache-dir \
         torch==2.13.0 \
+        torchvision==0.28.0 \
         transformers==4.57.6 \
         tokenizers==0.22.2 \
         huggingface-hub==0.36.2 \
