@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int,
                    help="Prometheus port (SIGLIP_METRICS_PORT, default 9090; -1 disables)")
     s.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (SIGLIP_TRITON_URL)")
-    s.add_argument("--preprocess-mode", choices=("exact", "fast"),
+    s.add_argument("--preprocess-mode", choices=("exact", "fast", "triton"),
                    help="image preprocessing (SIGLIP_PREPROCESS_MODE)")
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:

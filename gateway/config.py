@@ -71,9 +71,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.preprocess_mode not in ("exact", "fast"):
+        if self.preprocess_mode not in ("exact", "fast", "triton"):
             raise ValueError(
-                f"SIGLIP_PREPROCESS_MODE must be exact or fast, not {self.preprocess_mode!r}")
+                f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
+                f"{self.preprocess_mode!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
                      "max_in_flight", "workers", "max_message_bytes"):
             if getattr(self, name) < 1:

@@ -17,11 +17,12 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.core.cache import EmbeddingCache
-from gateway.core.images import ImageLimits, PreprocessMode, preprocess_image
+from gateway.core.errors import BackendRejected
+from gateway.core.images import ImageLimits, PreprocessMode, preprocess_image, triton_decodable
 from gateway.core.model_meta import ModelMeta
 from gateway.core.scoring import l2_normalize, score, top_k
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE, TextTokenizer, fill_prompt
-from gateway.core.types import EmbedItem, ImageInput, LabelScore
+from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore
 from gateway.core.validation import RequestLimits, check_count, check_text, check_texts
 from gateway.metrics import Metrics
 
@@ -33,6 +34,8 @@ class Backend(Protocol):
                            deadline: float | None = None) -> np.ndarray: ...
     async def embed_texts(self, input_ids: np.ndarray,
                           deadline: float | None = None) -> np.ndarray: ...
+    async def embed_encoded(self, images: list[bytes],
+                            deadline: float | None = None) -> np.ndarray: ...
 
 
 class Engine:
@@ -49,6 +52,8 @@ class Engine:
         self._limits = request_limits
         self._image_limits = image_limits
         self._mode = mode
+        # What this process decodes with: in TRITON mode, what Triton's decoder does not take.
+        self._local_mode = PreprocessMode.EXACT if mode is PreprocessMode.TRITON else mode
         # Text embeddings being fetched right now, by text: see _text_embeds.
         self._in_progress: dict[str, asyncio.Future[np.ndarray]] = {}
 
@@ -110,13 +115,40 @@ class Engine:
             return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
         self._metrics.inputs.labels("image").observe(len(images))
         with self._metrics.stage("decode"):
+            prepared = await asyncio.gather(*(
+                self._run(self._prepare, image, field)
+                for field, image in zip(fields, images, strict=True)))
+        # bytes: for Triton's decoder (TRITON mode); arrays: pixels decoded here.
+        encoded = [i for i, p in enumerate(prepared) if isinstance(p, bytes)]
+        decoded = [i for i, p in enumerate(prepared) if not isinstance(p, bytes)]
+        self._metrics.image_decodes.labels("gateway").inc(len(decoded))
+        self._metrics.image_decodes.labels("triton").inc(len(encoded))
+        calls = []
+        if decoded:
+            pixels = np.stack([prepared[i] for i in decoded])
+            calls.append(self._backend.embed_images(pixels, deadline))
+        if encoded:
+            calls.append(self._embed_encoded([images[i] for i in encoded],
+                                             [fields[i] for i in encoded], deadline))
+        with self._metrics.stage("triton_vision"):
+            parts = await asyncio.gather(*calls)
+        embeds = np.empty((len(images), parts[0].shape[1]), dtype=np.float32)
+        for rows, part in zip((r for r in (decoded, encoded) if r), parts, strict=True):
+            embeds[rows] = part
+        return l2_normalize(embeds)
+
+    async def _embed_encoded(self, images: list[EncodedImage], fields: list[str],
+                             deadline: float | None) -> np.ndarray:
+        try:
+            return await self._backend.embed_encoded([im.data for im in images], deadline)
+        except BackendRejected:
+            # Triton could not decode one of them (e.g. a truncated JPEG whose header was
+            # fine): decode them all here, which names the bad field or succeeds.
+            self._metrics.image_decodes.labels("gateway_retry").inc(len(images))
             pixels = await asyncio.gather(*(
                 self._run(self._preprocess, image, field)
-                for field, image in zip(fields, images, strict=True)))
-        batch = np.stack(pixels)
-        with self._metrics.stage("triton_vision"):
-            embeds = await self._backend.embed_images(batch, deadline)
-        return l2_normalize(embeds)
+                for image, field in zip(images, fields, strict=True)))
+            return await self._backend.embed_images(np.stack(pixels), deadline)
 
     async def _text_embeds(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
         if not texts:
@@ -166,8 +198,16 @@ class Engine:
                 if self._in_progress.get(text) is future:
                     del self._in_progress[text]
 
+    def _prepare(self, image: ImageInput, field: str) -> np.ndarray | bytes:
+        """Pixels decoded here, or (TRITON mode) the bytes of a JPEG Triton will decode."""
+        if (self._mode is PreprocessMode.TRITON and isinstance(image, EncodedImage)
+                and triton_decodable(image.data, field=field, limits=self._image_limits)):
+            return image.data
+        return self._preprocess(image, field)
+
     def _preprocess(self, image: ImageInput, field: str) -> np.ndarray:
-        return preprocess_image(image, field=field, limits=self._image_limits, mode=self._mode)
+        return preprocess_image(image, field=field, limits=self._image_limits,
+                                mode=self._local_mode)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 METHODS = ("Classify", "Embed", "EmbedStream", "Score", "GetModelInfo")
 STAGES = ("decode", "tokenize", "triton_vision", "triton_text", "total")
 INPUT_KINDS = ("image", "text")
+DECODE_PLACES = ("gateway", "triton", "gateway_retry")
 
 # Seconds: from sub-millisecond cache hits to multi-second overloaded GPUs.
 LATENCY_BUCKETS = (
@@ -49,6 +50,11 @@ class Metrics:
             "siglip_gateway_text_cache_hits", "Text embeddings served from the cache.", registry=r)
         self.cache_misses = Counter(
             "siglip_gateway_text_cache_misses", "Text embeddings computed by Triton.", registry=r)
+        self.image_decodes = Counter(
+            "siglip_gateway_image_decodes",
+            "Images by where they were decoded: gateway, triton (SIGLIP_PREPROCESS_MODE=triton), "
+            "gateway_retry (Triton could not decode them, so the gateway did).",
+            ["where"], registry=r)
         self.triton_ready = Gauge(
             "siglip_gateway_triton_ready", "1 when Triton and both SigLIP models are ready.",
             registry=r)
@@ -58,6 +64,8 @@ class Metrics:
             self.stage_seconds.labels(stage)
         for kind in INPUT_KINDS:
             self.inputs.labels(kind)
+        for where in DECODE_PLACES:
+            self.image_decodes.labels(where)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.admission import Admission
 from gateway.api.auth import BearerTokenInterceptor
 from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
-from gateway.backend.triton import TritonBackend
+from gateway.backend.triton import ENCODED_MODEL, MODELS, TritonBackend
 from gateway.config import Settings
 from gateway.core.cache import EmbeddingCache
 from gateway.core.images import ImageLimits, PreprocessMode, ensure_mode_available
@@ -78,15 +78,18 @@ class GatewayServer:
             meta = await asyncio.to_thread(load_model_meta, str(self._checkpoint))
             self.meta = dataclasses.replace(meta, model_id=s.model)
         tokenizer = await asyncio.to_thread(TextTokenizer.from_pretrained, self.meta.path)
+        mode = PreprocessMode(s.preprocess_mode)
+        # TRITON mode also needs Triton's JPEG decoder: not ready without it.
+        models = MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
         self._backend = TritonBackend(self.triton_url, max_message_bytes=s.max_message_bytes,
-                                      default_timeout_s=s.triton_timeout_s)
+                                      default_timeout_s=s.triton_timeout_s, models=models)
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
         engine = Engine(
             meta=self.meta, tokenizer=tokenizer, backend=self._backend, pool=self._pool,
             metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
             request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
             image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes),
-            mode=PreprocessMode(s.preprocess_mode))
+            mode=mode)
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
         add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode),
@@ -154,7 +157,8 @@ class GatewayServer:
                     log.info("Triton at %s is ready: SERVING", self.triton_url)
                 else:
                     self.ready.clear()
-                    log.warning("Triton at %s is not ready: NOT_SERVING", self.triton_url)
+                    log.warning("Triton at %s is not ready (needs models %s): NOT_SERVING",
+                                self.triton_url, ", ".join(self._backend.models))
                 was_ready = ok
             await asyncio.sleep(MONITOR_INTERVAL_S)
 

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.core.errors import (
     BackendError,
+    BackendRejected,
     BackendUnavailable,
     DeadlineExceeded,
     GatewayError,
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 
 VISION_MODEL = "siglip_vision"
 TEXT_MODEL = "siglip_text"
+# JPEG bytes -> embeddings: an ensemble of siglip_image_decode and siglip_vision.
+ENCODED_MODEL = "siglip_vision_encoded"
 MODELS = (VISION_MODEL, TEXT_MODEL)
 
 # Requests above a model's max_batch_size are split into chunks of this many rows;
 # they match model_repository/*/config.pbtxt.
-MAX_ROWS = {VISION_MODEL: 64, TEXT_MODEL: 256}
+MAX_ROWS = {VISION_MODEL: 64, TEXT_MODEL: 256, ENCODED_MODEL: 64}
 
 
 def channel_args(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -56,8 +59,10 @@ def channel_args(max_message_bytes: int) -> list[tuple[str, object]]:
 class TritonBackend:
     """Embeds pixels and token ids with the SigLIP towers hosted by Triton."""
 
-    def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float) -> None:
+    def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float,
+                 models: tuple[str, ...] = MODELS) -> None:
         self.url = url
+        self.models = models  # what ready() requires
         self._default_timeout_s = default_timeout_s
         self._client = triton_aio.InferenceServerClient(
             url, channel_args=channel_args(max_message_bytes))
@@ -69,6 +74,15 @@ class TritonBackend:
         """(N, 256, 256, 3) uint8 → (N, D) float32, not normalized."""
         return await self._infer(VISION_MODEL, "pixels", "image_embeds", pixels, "UINT8", deadline)
 
+    async def embed_encoded(self, images: list[bytes],
+                            deadline: float | None = None) -> np.ndarray:
+        """JPEG bytes, decoded and resized by Triton → (N, D) float32, not normalized.
+        Raises BackendRejected when Triton could not decode one of them."""
+        array = np.empty((len(images), 1), dtype=np.object_)
+        array[:, 0] = images
+        return await self._infer(ENCODED_MODEL, "images", "image_embeds", array, "BYTES",
+                                 deadline)
+
     async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """(N, 64) int64 → (N, D) float32, not normalized."""
         return await self._infer(TEXT_MODEL, "input_ids", "text_embeds", input_ids, "INT64",
@@ -77,7 +91,8 @@ class TritonBackend:
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """True when Triton answers and both models are ready; never raises."""
         try:
-            checks = [self._client.is_model_ready(m, client_timeout=timeout_s) for m in MODELS]
+            checks = [self._client.is_model_ready(m, client_timeout=timeout_s)
+                      for m in self.models]
             return all(await asyncio.gather(*checks))
         except (InferenceServerException, asyncio.TimeoutError, OSError):
             return False
@@ -133,6 +148,8 @@ def _translate(exc: InferenceServerException, model: str) -> GatewayError:
         return DeadlineExceeded("deadline exceeded while waiting for the inference server")
     if status == "RESOURCE_EXHAUSTED":
         return Overloaded("inference server queue is full")
+    if status == "INVALID_ARGUMENT":
+        return BackendRejected("inference failed")
     if status == "NOT_FOUND" or "is not ready" in (exc.message() or "") or (
             "unavailable" in (exc.message() or "").lower()):
         return BackendUnavailable(f"model {model} is not ready")

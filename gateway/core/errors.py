@@ -62,3 +62,8 @@ class BackendError(GatewayError):
     """The inference server failed in a way the caller cannot fix; details go to our log."""
 
     kind = ErrorKind.INTERNAL
+
+
+class BackendRejected(BackendError):
+    """The inference server refused a request as invalid. For tensors the gateway built that is
+    a bug (INTERNAL); for encoded images Triton could not decode, the caller decodes them here."""

@@ -8,7 +8,9 @@ decoded, and the EXACT pipeline, which is pixel-identical to the reference:
 
 Scaling to [-1, 1] is not done here: the array is what the vision model's normalization gets.
 FAST mode (decode with scaling, lossy) lives in ``gateway.core.image_fast``, imported lazily;
-both modes take the same opened, header-checked, not yet decoded image.
+both modes take the same opened, header-checked, not yet decoded image. TRITON mode decodes
+nothing here for the JPEGs ``triton_decodable`` accepts (Triton decodes them, nvJPEG on GPU);
+the rest is decoded EXACT.
 
 Every public function is thread-safe (no shared mutable state) and meant to run in a worker
 thread: Pillow releases the GIL while it decodes and resizes. Every failure the caller can cause
@@ -64,10 +66,12 @@ _FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVI
 
 
 class PreprocessMode(str, enum.Enum):
-    """EXACT: pixel-identical to the reference. FAST: approximate, for throughput."""
+    """EXACT: pixel-identical to the reference. FAST: approximate, for throughput.
+    TRITON: plain JPEGs are decoded and resized by Triton (approximate); the rest as EXACT."""
 
     EXACT = "exact"
     FAST = "fast"
+    TRITON = "triton"
 
 
 @dataclass(frozen=True)
@@ -99,17 +103,13 @@ def preprocess_encoded(data: bytes, *, field: str, limits: ImageLimits,
     Treat the result as read-only (in EXACT mode it is: a view of Pillow's output bytes).
     """
     _check_pillow_globals()
-    if not data:
-        raise InvalidInput("empty image data", field=field)
-    if len(data) > limits.max_bytes:
-        raise InvalidInput(f"image is {len(data)} bytes, more than the limit of "
-                           f"{limits.max_bytes}", field=field)
+    _check_encoded_size(data, field, limits)
     mode = PreprocessMode(mode)
     im = _open_header(data, field, limits)
     try:
         _check_dimensions(im.size, field, limits)
         fmt = _PRETTY.get(im.format or "", im.format or "image")
-        impl = _decode_and_resize_exact if mode is PreprocessMode.EXACT else _fast_impl()
+        impl = _fast_impl() if mode is PreprocessMode.FAST else _decode_and_resize_exact
         try:
             out = impl(im, limits.size)
         except _PIL_DATA_ERRORS as exc:
@@ -117,6 +117,25 @@ def preprocess_encoded(data: bytes, *, field: str, limits: ImageLimits,
     finally:
         im.close()
     return _checked_output(out, limits.size)
+
+
+def triton_decodable(data: bytes, *, field: str, limits: ImageLimits) -> bool:
+    """Whether Triton's JPEG decoder (model siglip_image_decode) may take ``data`` untouched.
+
+    Checks what preprocess_encoded checks before decoding (size, format, header, pixel count)
+    and raises the same InvalidInput, so an image is refused alike wherever it would decode.
+    True for JPEGs (and MPO, whose first frame both sides decode) in YCbCr or grayscale, any
+    EXIF orientation (the model applies it, as exif_transpose does); False for CMYK JPEGs,
+    which nvJPEG does not convert like libjpeg, and for other formats. What Triton still
+    refuses (arithmetic-coded or lossless JPEGs) the engine decodes here instead.
+    """
+    _check_encoded_size(data, field, limits)
+    im = _open_header(data, field, limits)
+    try:
+        _check_dimensions(im.size, field, limits)
+        return im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L")
+    finally:
+        im.close()
 
 
 def preprocess_raw(rgb: bytes, width: int, height: int, *, field: str,
@@ -200,6 +219,14 @@ def _check_pillow_globals() -> None:
     # imported library could flip, and that would silently turn bad input into wrong answers.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; refusing to decode")
+
+
+def _check_encoded_size(data: bytes, field: str, limits: ImageLimits) -> None:
+    if not data:
+        raise InvalidInput("empty image data", field=field)
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(f"image is {len(data)} bytes, more than the limit of "
+                           f"{limits.max_bytes}", field=field)
 
 
 def _check_dimensions(wh: tuple[int, int], field: str, limits: ImageLimits) -> None:
