@@ -15,7 +15,10 @@
 #      graphs (compile_mode "reduce-overhead", buckets 8,16,32,64: a copy of model_repository/
 #      in /tmp), then the fp16 ceiling, eager and compiled the same way, at Triton's batch
 #   4. the eager and compiled ceilings again at batch 64 (the vision model's max_batch_size)
-#   5. if time is left: direct and served again with the eager towers (the committed configs)
+#   5. if time is left: nvJPEG's pixels against exact (bench/decode_fidelity.py --device cuda)
+#   6. if time is left: direct and served again with the eager towers (the committed configs)
+# The served steps run on copies of model_repository/ without the JPEG-decode models: Embed raw
+# does not use them, and a decode model that cannot load (torchvision) would stop Triton.
 # If Triton cannot start here (e.g. no libpython3.12.so for the python-backend stub), step 3
 # records why in the JSON (meta.remote_error) and still measures the in-process ceilings.
 set -uo pipefail
@@ -76,8 +79,10 @@ export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/xdg-cache}
 
 # The vision tower compiled for 4 batch sizes (the committed config lists 9: load time here);
 # the text tower stays eager, Embed raw does not use it.
-REPO_COMPILED=/tmp/model-repository-compiled
-rm -rf "$REPO_COMPILED" && cp -r model_repository "$REPO_COMPILED"
+REPO_EAGER=/tmp/model-repository-eager REPO_COMPILED=/tmp/model-repository-compiled
+rm -rf "$REPO_EAGER" "$REPO_COMPILED" && cp -r model_repository "$REPO_EAGER"
+rm -rf "$REPO_EAGER"/siglip_image_decode "$REPO_EAGER"/siglip_vision_encoded
+cp -r "$REPO_EAGER" "$REPO_COMPILED"
 "$PY" - "$REPO_COMPILED/siglip_vision/config.pbtxt" <<'PYEOF'
 import re, sys
 path = sys.argv[1]
@@ -110,10 +115,16 @@ if (( BUDGET_S - SECONDS > 40 )); then
     --json "$OUT/gpu_ceiling_b64.json" --log-dir "$OUT/logs"
   echo "exit $?"
 fi
+if (( BUDGET_S - SECONDS > 60 )); then
+  step "nvJPEG decode fidelity and speed against exact"
+  timeout "$(left 60)" "$PY" -m bench.decode_fidelity --device "$DEVICE" --seconds 1 --rounds 2 \
+    --json "$OUT/gpu_decode_fidelity.json"
+  echo "exit $?"
+fi
 if (( BUDGET_S - SECONDS > 100 )); then
   step "embed_raw: direct and served with the eager towers"
   timeout "$(left 150)" "$PY" bench/serving_bench.py --model "$CKPT" --device "$DEVICE" \
-    --workloads embed_raw --modes direct,served \
+    --workloads embed_raw --modes direct,served --model-repository "$REPO_EAGER" \
     --concurrency 64 --seconds 10 --warmup 5 --startup-timeout 120 --timeout 60 \
     --json "$OUT/gpu_serving_eager.json" --log-dir "$OUT/logs-eager"
   echo "exit $?"

@@ -384,5 +384,5 @@ def test_both_towers_share_one_batch_runner() -> None:
                 if isinstance(node, ast.ClassDef | ast.FunctionDef)}
 
     vision, text = definitions("siglip_vision"), definitions("siglip_text")
-    for name in ("BatchRunner", "_buckets", "_param", "_error"):
+    for name in ("BatchRunner", "_buckets", "_param", "_error", "_utf8_locale"):
         assert vision[name] and vision[name] == text[name], name

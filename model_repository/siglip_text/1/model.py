@@ -13,6 +13,7 @@ eager, else a torch.compile mode ("default", "reduce-overhead" = with CUDA graph
 """
 
 import json
+import locale
 import os
 
 import numpy as np
@@ -38,6 +39,21 @@ def _buckets(text, max_rows):
     if not sizes or sizes[0] < 1 or sizes[-1] != max_rows:
         raise ValueError(f"batch_buckets {text!r}: want ascending sizes ending at {max_rows}")
     return sizes
+
+
+def _utf8_locale():
+    """Gives open() UTF-8 as its default encoding, as the python command does at start-up.
+
+    Triton's stub embeds Python without the command's setlocale(LC_CTYPE, ""), so the C locale
+    stays and open() decodes ASCII; torch.compile reads its UTF-8 code templates with open().
+    """
+    for name in ("", "C.UTF-8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        if locale.getpreferredencoding(False).replace("-", "").lower() == "utf8":
+            return
 
 
 def _error(message, code="INTERNAL"):
@@ -67,6 +83,7 @@ class BatchRunner:
         self._mark_step = cuda and compile_mode == "reduce-overhead"
         self.buckets = tuple(buckets) if compile_mode else ()
         if compile_mode:
+            _utf8_locale()
             # One compiled entry per bucket: more than dynamo's default recompile limit (8).
             limit = len(self.buckets) + 4
             config = torch._dynamo.config
