@@ -56,7 +56,8 @@ class Metrics:
             "gateway_retry (Triton could not decode them, so the gateway did).",
             ["where"], registry=r)
         self.triton_ready = Gauge(
-            "siglip_gateway_triton_ready", "1 when Triton and both SigLIP models are ready.",
+            "siglip_gateway_triton_ready",
+            "1 when Triton and every model this gateway calls are ready.",
             registry=r)
         for method in METHODS:
             self.request_seconds.labels(method)
