@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode of ceiling_compiled (GPU: reduce-overhead = CUDA "
                         "graphs, as the Triton models' compile_mode parameter)")
+    p.add_argument("--preprocess-mode", choices=("exact", "fast", "triton"), default="exact",
+                   help="the served gateway's SIGLIP_PREPROCESS_MODE (triton: JPEGs decoded by "
+                        "Triton's siglip_image_decode)")
     p.add_argument("--model-repository", type=Path,
                    help="the embedded Triton's model repository (default: model_repository/)")
     p.add_argument("--ceiling-batch", type=int,
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                        "random_weights": bool(cfg.get("random_weights"))},
         "concurrency": args.concurrency, "seconds": args.seconds, "warmup_s": args.warmup,
         "rounds": args.rounds, "compile_mode": args.compile_mode,
+        "preprocess_mode": args.preprocess_mode,
         "model_repository": str(args.model_repository or "model_repository"),
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
