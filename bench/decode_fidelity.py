@@ -107,7 +107,8 @@ def speed(pres: dict[str, Any], seconds: float, rounds: int) -> dict[str, Any]:
 
 def _device_rate(pre: Any, data: bytes, batch: int = 32, repeats: int = 5) -> float:
     pre.run([data] * batch)  # warm-up
-    torch.cuda.synchronize()
+    if pre.device.type == "cuda":  # --device cpu: a dry run of the GPU step
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         pre.run([data] * batch)

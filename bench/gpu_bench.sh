@@ -3,7 +3,7 @@
 # Python 3.12 has torch, transformers, numpy and grpcio but not the gateway's other
 # dependencies. Prepare here first:  bench/fetch_gpu_wheels.sh  (fills .whl/, ~50 MiB, carried).
 #
-#   bench/gpu_bench.sh            # results in $OUT (default ./gpu-out): JSON, logs, nvidia-smi
+#   bench/gpu_bench.sh            # JSON, gateway logs and gpu_bench.log in $OUT (./gpu-out)
 #
 # Steps, ~5-6 minutes; each is bounded by `timeout`, and the benchmark steps by what is left of
 # a 7.5-minute budget (BUDGET_S), so the whole stays under 8 minutes. The JSON is rewritten
@@ -37,14 +37,22 @@ DEVICE=${DEVICE:-cuda}  # DEVICE=cpu: a dry run of this script on a machine with
 # `timeout 0` would mean no limit at all).
 left() { local rest=$((BUDGET_S - SECONDS)); rest=$((rest < $1 ? rest : $1)); echo $((rest > 1 ? rest : 1)); }
 
+# Into this log, not files of their own: the device tool brings back at most 8 files from $OUT,
+# and the JSONs and the two gateway logs already make 7 with this log.
 step "machine"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed"
-head -15 "$OUT/nvidia-smi.txt"
-"$PY" - <<'EOF' | tee "$OUT/env.txt"
+nvidia-smi 2>&1 || echo "nvidia-smi failed"
+"$PY" - <<'EOF'
 import os, platform, sys, sysconfig
 print("python", sys.version.split()[0], sys.executable, "cores", os.cpu_count())
 print("libpython dir", sysconfig.get_config_var("LIBDIR"), "ldlibrary",
       sysconfig.get_config_var("LDLIBRARY"), "glibc", platform.libc_ver())
+# What Triton's python-backend stub links (NEEDED libpython3.X.so.1.0): found here or not.
+import ctypes.util
+ver = "%d.%d" % sys.version_info[:2]
+soname = "libpython%s.so.1.0" % ver
+libdir = sysconfig.get_config_var("LIBDIR") or ""
+print(soname, "in LIBDIR:", os.path.exists(os.path.join(libdir, soname)),
+      "ldconfig:", ctypes.util.find_library("python" + ver))
 import torch, transformers, numpy
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")

@@ -130,12 +130,12 @@ class Naive:
 
         def image_features(images: list[Image.Image]) -> Any:
             pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-            return _normalize(model.get_image_features(pixel_values=pixels))
+            return _normalize(_features(model.get_image_features(pixel_values=pixels)))
 
         def text_features(batch: list[str]) -> Any:
             ids = processor(text=batch, padding="max_length", max_length=TEXT_LENGTH,
                             truncation=True, return_tensors="pt")["input_ids"].to(device)
-            return _normalize(model.get_text_features(input_ids=ids))
+            return _normalize(_features(model.get_text_features(input_ids=ids)))
 
         name = workload.name
         if name == "classify":
@@ -191,6 +191,12 @@ def _decode(data: bytes) -> Any:
     from PIL import Image
 
     return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _features(out: Any) -> Any:
+    """get_*_features' result as a tensor: transformers 5 wraps it in a model output
+    (its pooler_output), 4.x returns the tensor itself."""
+    return getattr(out, "pooler_output", out)
 
 
 def _normalize(x: Any) -> Any:

@@ -49,7 +49,7 @@ async def closed_loop(call: Callable[[], Awaitable[object]], *, concurrency: int
     """``concurrency`` workers call ``call`` back to back; each call is bounded by ``timeout_s``.
 
     The window lasts ``seconds``, longer if needed to see ``concurrency`` completions (bounded
-    by ``seconds + timeout_s``).
+    by ``seconds + timeout_s``; not longer when the window saw failures and no completion).
 
     Warm-up lasts ``warmup_s`` and until every worker has finished one call (so the first,
     slow, calls are not measured), but never longer than ``warmup_s + timeout_s``.
@@ -93,8 +93,10 @@ async def closed_loop(call: Callable[[], Awaitable[object]], *, concurrency: int
         await asyncio.sleep(seconds)
         # At least one round (`concurrency` completions) is measured, however short `seconds`:
         # with whole batches answered at once, a short window could otherwise catch none.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(round_done.wait(), timeout_s)
+        # Not when every call of the window failed: waiting would only add timeout_s.
+        if window["measured"] or not any(t > t0 for t in failed):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(round_done.wait(), timeout_s)
         t1 = time.perf_counter()
         stop.set()
     finally:

@@ -384,5 +384,6 @@ def test_both_towers_share_one_batch_runner() -> None:
                 if isinstance(node, ast.ClassDef | ast.FunctionDef)}
 
     vision, text = definitions("siglip_vision"), definitions("siglip_text")
-    for name in ("BatchRunner", "_buckets", "_param", "_error", "_utf8_locale"):
+    for name in ("BatchRunner", "_buckets", "_param", "_error", "_utf8_locale", "_read",
+                 "_tensor"):
         assert vision[name] and vision[name] == text[name], name

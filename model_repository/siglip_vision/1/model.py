@@ -63,6 +63,26 @@ def _error(message, code="INTERNAL"):
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _read(tensor):
+    """A request's tensor as a NumPy array, read through DLPack where the backend offers it.
+
+    Triton 2.51's python-backend stub is built with a pybind11 that predates NumPy 2's dtype
+    layout: under NumPy 2 its as_numpy() repeats the first element everywhere and
+    pb_utils.Tensor(name, array) sends no bytes. DLPack does not go through NumPy there.
+    """
+    if hasattr(tensor, "to_dlpack"):
+        return torch.from_dlpack(tensor.to_dlpack()).numpy()
+    return tensor.as_numpy()
+
+
+def _tensor(name, array):
+    """An output tensor holding `array` (C-contiguous), through DLPack as in _read."""
+    if hasattr(pb_utils.Tensor, "from_dlpack"):
+        capsule = torch.utils.dlpack.to_dlpack(torch.from_numpy(array))
+        return pb_utils.Tensor.from_dlpack(name, capsule)
+    return pb_utils.Tensor(name, array)
+
+
 class BatchRunner:
     """Runs a tower on row batches: one staging buffer, optional compiled shapes.
 
@@ -173,7 +193,7 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
         if tensor is None:
             return None, f"missing input {INPUT!r}"
-        array = tensor.as_numpy()
+        array = _read(tensor)
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != self.row_shape:
             return None, (
                 f"{INPUT} must be uint8 [N, {', '.join(map(str, self.row_shape))}], "
@@ -203,6 +223,6 @@ class TritonPythonModel:
             return responses
         offsets = np.cumsum([len(a) for a in arrays])[:-1]
         for i, part in zip(owners, np.split(embeds, offsets), strict=True):
-            output = pb_utils.Tensor(OUTPUT, part)
+            output = _tensor(OUTPUT, part)
             responses[i] = pb_utils.InferenceResponse(output_tensors=[output])
         return responses
