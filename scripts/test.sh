@@ -13,9 +13,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+# The venv's own pip, not upgraded: the install must resolve with whatever pip users have.
 # torch is pinned (==2.13.0) in the extras: an open requirement would pull a multi-GB CUDA build.
 python -m pip install -q -e '.[dev]'
+
+echo "== the README's install command in a fresh venv, with that venv's pip"
+bash scripts/check_install.sh
 
 echo "== ruff"
 ruff check .
