@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch threads for ceiling/naive and (OMP_NUM_THREADS) Triton's towers; "
                         "default: torch's own choice (the physical cores)")
     p.add_argument("--triton-url", help="use this Triton instead of starting the embedded one")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the served gateway, e.g. "
+                        "SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT=0 (repeatable)")
     p.add_argument("--gateway-root", type=Path,
                    help="run the served gateway from this source tree (A/B a gateway change)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
@@ -95,6 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.compile and "ceiling_compiled" not in modes:
         modes.append("ceiling_compiled")
     args.mode_list = [m for m in ALL_MODES if m in modes]
+    bad_env = [e for e in args.gateway_env if "=" not in e]
+    if bad_env:
+        p.error(f"--gateway-env takes NAME=VALUE, not {bad_env}")
+    args.gateway_env_map = dict(e.split("=", 1) for e in args.gateway_env)
     return args
 
 
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_repository": str(args.model_repository or "model_repository"),
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
+        "gateway_env": args.gateway_env_map,
         "items": {w: WORKLOADS[w].item for w in args.workload_list},
         "log_dir": str(log_dir),
         # Other work on the machine skews every number: recorded, not corrected for.

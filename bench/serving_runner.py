@@ -53,7 +53,8 @@ class RemoteSide:
             self.gateway = GatewayProcess(self.checkpoint, self.triton_url,
                                           self.log_dir / "gateway.log",
                                           max_in_flight=max(64, 2 * args.concurrency),
-                                          env={"SIGLIP_PREPROCESS_MODE": args.preprocess_mode},
+                                          env={"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
+                                               **args.gateway_env_map},
                                           **({"root": args.gateway_root}
                                              if args.gateway_root else {}))
             await asyncio.to_thread(self.gateway.start, args.startup_timeout)
