@@ -21,6 +21,7 @@ from gateway_harness import running_gateway, wait_until
 
 from gateway.backend.coalescing import CoalescingBackend
 from gateway.backend.triton import MAX_ROWS, TritonBackend
+from gateway.config import Settings
 from gateway.core.errors import BackendRejected, BackendUnavailable, DeadlineExceeded, Overloaded
 from gateway.core.scoring import l2_normalize
 from gateway.core.text import TextTokenizer
@@ -257,3 +258,14 @@ async def test_served_embed_calls_share_triton_calls(tiny_checkpoint, fake):
     got = np.array([r.embeddings[0].values for r in responses], dtype=np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert len({tuple(row) for row in got}) == 24
+
+
+def test_setting_parses_and_zero_turns_coalescing_off():
+    env = "SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT"
+    assert Settings().triton_max_calls_in_flight >= 1  # on by default
+    assert Settings.from_env({env: "0"}).triton_max_calls_in_flight == 0
+    assert Settings.from_env({env: "4"}).triton_max_calls_in_flight == 4
+    with pytest.raises(ValueError, match=env):
+        Settings.from_env({env: "-1"})
+    with pytest.raises(ValueError):
+        CoalescingBackend(object(), 0)  # the server does not wrap the backend at 0
