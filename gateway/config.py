@@ -97,5 +97,6 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a {kind}") from None
+        what = "a whole number" if kind == "int" else "a number"
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not {what}") from None
     return raw
