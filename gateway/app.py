@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 from gateway.config import Settings
 from gateway.core.model_meta import resolve_checkpoint
@@ -81,7 +80,3 @@ def _import_transformers_without_torch() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def default_model_repository() -> Path:
-    return Path(__file__).resolve().parent.parent / "model_repository"
