@@ -51,8 +51,10 @@ class Bound:
 
 class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, share_port: bool = False) -> None:
         self.settings = settings
+        # A worker of `serve --processes N`: its siblings listen on the same port.
+        self._share_port = share_port
         self.triton_url = triton_url
         # Already resolved (e.g. a hub snapshot): read it, but report the model as named.
         self._checkpoint = checkpoint
@@ -172,8 +174,10 @@ class GatewayServer:
             ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            # Fail loudly when the port is taken instead of silently sharing it.
-            ("grpc.so_reuseport", 0),
+            # Fail loudly when the port is taken instead of silently sharing it. Workers share
+            # it among themselves only: their parent checked it was free and holds it
+            # (gateway/processes/sockets.py).
+            ("grpc.so_reuseport", 1 if self._share_port else 0),
         ]
 
     def _credentials(self) -> grpc.ServerCredentials:
