@@ -15,9 +15,11 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -76,6 +78,11 @@ def _value(samples: list[tuple[str, float]], series: str) -> float | None:
     found = [v for name, v in samples if name == series]
     assert len(found) <= 1, f"{series} appears {len(found)} times"
     return found[0] if found else None
+
+
+def _metrics_dirs() -> set[Path]:
+    """The parents' multiprocess metrics directories now in the temp directory."""
+    return set(Path(tempfile.gettempdir()).glob("siglip-gateway-metrics-*"))
 
 
 def _classify_ok() -> str:
@@ -151,7 +158,9 @@ async def test_health_agrees_on_every_worker(tiny_checkpoint, fake, tmp_path):
 
 async def test_sigterm_drains_every_worker_and_leaves_no_process(tiny_checkpoint, fake,
                                                                  tmp_path):
+    dirs_before = _metrics_dirs()
     gw = await _start(tiny_checkpoint, fake, tmp_path)
+    assert len(_metrics_dirs() - dirs_before) == 1
     try:
         workers = gw.worker_pids()
         descendants = gw.descendants()  # workers and their watchdogs
@@ -186,6 +195,7 @@ async def test_sigterm_drains_every_worker_and_leaves_no_process(tiny_checkpoint
         assert await gw.wait(10) == 0
         assert time.monotonic() - sigterm_at < 5.0  # drained, not cut at the grace period
         await wait_until(lambda: not alive(descendants), 5.0, what="no process left")
+        assert _metrics_dirs() == dirs_before  # removed at exit
     finally:
         fake.delay_s = 0.0
         gw.kill()
@@ -250,6 +260,7 @@ async def test_parent_killed_leaves_no_orphans(tiny_checkpoint, fake, tmp_path):
 
 
 async def test_port_taken_by_another_process_fails_loudly(tiny_checkpoint, fake, tmp_path):
+    dirs_before = _metrics_dirs()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -264,6 +275,7 @@ async def test_port_taken_by_another_process_fails_loudly(tiny_checkpoint, fake,
     log = gw.log()
     assert f"gRPC port {port} on 127.0.0.1 is not available" in log
     assert "worker 0 started" not in log
+    assert _metrics_dirs() == dirs_before
 
 
 async def test_a_worker_that_cannot_start_fails_the_start_up(tiny_checkpoint, fake, tmp_path):

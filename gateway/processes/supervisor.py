@@ -88,8 +88,9 @@ class Supervisor:
     async def run(self, stop: asyncio.Event) -> int:
         """Serves until `stop` is set; returns the exit code (raises StartupError)."""
         s = self.settings
-        held, port = reserve_port(s.host, s.port)
+        held = None
         try:
+            held, port = reserve_port(s.host, s.port)
             metrics_port = (self.metrics.serve(s.metrics_port, s.host)
                             if s.metrics_port >= 0 else None)
             self._worker_settings = s.replace(port=port, metrics_port=-1,
@@ -111,7 +112,8 @@ class Supervisor:
             for slot in self.slots:
                 self._close_status(slot)
             self.metrics.close()
-            held.close()
+            if held is not None:
+                held.close()
         if self._fatal is not None:
             if not self._announced:
                 raise StartupError(self._fatal)
