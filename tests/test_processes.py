@@ -217,7 +217,9 @@ async def test_a_killed_worker_is_restarted_and_its_counts_are_kept(tiny_checkpo
             assert connection_owners(gw.port, [victim]).get(victim)  # it counted some
 
         os.kill(victim, signal.SIGKILL)
-        await wait_until(lambda: not alive([victim]), 5.0, what="the worker dead")
+        # Reaped, so every thread is gone and its listener closed (a killed leader thread is a
+        # zombie while the others still exit, the socket still open).
+        await wait_until(lambda: f"(pid {victim}) died" in gw.log(), 5.0, what="reaped")
         # Served on: new connections go to the workers still listening.
         async with _channels(gw.target, 8) as channels:
             await asyncio.gather(*(pb_grpc.SiglipServiceStub(ch).Classify(

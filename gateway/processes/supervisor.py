@@ -110,6 +110,10 @@ class Supervisor:
             await self._drain()
         finally:
             for slot in self.slots:
+                if slot.tree is not None:  # only when something above raised
+                    slot.tree.kill_group()
+                    slot.tree.wait_exit()
+                    slot.tree.reap()
                 self._close_status(slot)
             self.metrics.close()
             if held is not None:
