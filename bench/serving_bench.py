@@ -85,6 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", default="1",
                    help="comma-separated gateway process counts (SIGLIP_PROCESSES) for served: "
                         "1 is the mode served, N > 1 the mode served_pN, all in the same run")
+    p.add_argument("--connections", type=int,
+                   help="TCP connections of the served client, calls taken in turn (default 1; "
+                        "with --processes above 1, 4 per process of the largest, for every "
+                        "served cell alike)")
     p.add_argument("--triton-url", help="use this Triton instead of starting the embedded one")
     p.add_argument("--gateway-root", type=Path,
                    help="run the served gateway from this source tree (A/B a gateway change)")
@@ -104,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         processes = []
     if not processes or min(processes) < 1:
         p.error(f"--processes {args.processes!r}: comma-separated counts of at least 1")
+    args.connections = args.connections or (1 if max(processes) == 1 else 4 * max(processes))
     if "served" in args.mode_list:
         at = args.mode_list.index("served")
         args.mode_list[at:at + 1] = [served_mode(n) for n in dict.fromkeys(processes)]
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess_mode": args.preprocess_mode,
         "model_repository": str(args.model_repository or "model_repository"),
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
-        "gateway_processes": args.processes,
+        "gateway_processes": args.processes, "served_connections": args.connections,
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
         "items": {w: WORKLOADS[w].item for w in args.workload_list},
         "log_dir": str(log_dir),

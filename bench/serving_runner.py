@@ -84,7 +84,7 @@ class RemoteSide:
             await asyncio.to_thread(gateway.start, args.startup_timeout)
             self.meta.setdefault("gateway_pid", gateway.pid)
             self.meta.setdefault("gateway_pids", {})[mode] = gateway.pid
-            self.clients[mode] = Served(gateway.target, args.timeout)
+            self.clients[mode] = Served(gateway.target, args.timeout, args.connections)
         # Triton and each gateway with its descendants (worker processes); the client alone.
         self.cpu = CpuMeter({"client": os.getpid(), "triton": self.meta.get("triton_pid"),
                              **{f"gateway:{m}": g.pid for m, g in self.gateways.items()}},
