@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from fake_triton import VISION_MODEL
 from gateway_harness import (
@@ -294,3 +295,43 @@ async def test_a_worker_that_cannot_start_fails_the_start_up(tiny_checkpoint, fa
     assert "worker start-up failed" in log
     assert re.search(r"start-up failed: worker \d \(pid \d+\) ended with exit code 1 before it "
                      r"listened", log), log
+
+
+@pytest.mark.triton
+@pytest.mark.timeout(300)
+async def test_with_the_embedded_triton_one_triton_serves_every_worker(tiny_checkpoint,
+                                                                       tmp_path):
+    """The parent starts Triton once (no --triton-url), stops it after the workers drained,
+    and leaves nothing behind: workers, tritonserver, its model stubs."""
+    gw = GatewayProcess(tiny_checkpoint, "", tmp_path / "gateway.log", processes=PROCESSES,
+                        env={"SIGLIP_TRITON_STARTUP_TIMEOUT_S": "240"})
+    gw.env.pop("USE_TORCH")  # the harness's shortcut for the gateway would reach Triton's models
+    await gw.start(timeout_s=270)
+    try:
+        descendants = gw.descendants()
+        tritons = [p for p in descendants if "tritonserver" in " ".join(_cmdline(p))]
+        assert len(tritons) == 1
+        assert len(gw.worker_pids()) == PROCESSES
+        request = pb.EmbedRequest(inputs=[pb.EmbedInput(text="a photo of a cat")])
+        async with _channels(gw.target) as channels:
+            responses = await asyncio.gather(*(pb_grpc.SiglipServiceStub(ch).Embed(
+                request, timeout=60) for ch in channels))
+            assert len(connection_owners(gw.port, gw.worker_pids())) == PROCESSES
+        first = responses[0].embeddings[0].values
+        assert len(first) > 0 and all(r.embeddings[0].values == first for r in responses)
+
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait(60) == 0
+        await wait_until(lambda: not alive(descendants), 20.0, what="nothing left")
+    finally:
+        gw.kill()
+    log = gw.log()
+    assert "(embedded), 2 processes" in log
+    assert log.index("signal received: shutting down 2 workers") < log.index("stopping Triton")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
