@@ -97,3 +97,66 @@ def test_reserve_port_fails_loudly_when_taken_and_holds_it_for_reuseport_only():
             sibling.listen()
             with pytest.raises(PortTaken):  # and a second gateway on it fails
                 reserve_port("127.0.0.1", port)
+
+
+class _DeadTree:
+    """A worker process that has exited with ``returncode`` (what _on_exit reads)."""
+
+    def __init__(self, pid: int, returncode: int) -> None:
+        self.pid, self._returncode = pid, returncode
+
+    def reap(self) -> int:
+        return self._returncode
+
+
+def _supervisor(processes: int = 2):
+    from gateway.processes.supervisor import Supervisor
+
+    settings = Settings.from_env({}, triton_url="127.0.0.1:1", processes=processes)
+    return Supervisor(settings, Path("/ckpt"), settings.triton_url, None,  # type: ignore[arg-type]
+                      embedded=False)
+
+
+def test_restart_backoff_doubles_and_gives_up_after_quick_deaths(caplog):
+    from gateway.processes import supervisor as sup
+
+    s = _supervisor()
+    try:
+        slot = s.slots[0]
+        slot.ever_listened, s._announced = True, True
+        delays = []
+        for death in range(sup.MAX_QUICK_DEATHS):
+            slot.started = 100.0
+            slot.tree = _DeadTree(1000 + death, -9)  # type: ignore[assignment]
+            s._on_exit(slot, now=101.0)  # died 1 s after its start
+            assert s._fatal is None and slot.tree is None
+            delays.append(slot.restart_at - 101.0)
+        assert delays == [1.0, 2.0, 4.0, 8.0, 16.0]
+        assert "died: killed by SIGKILL after 1.0 s; restarting it in 16.0 s" in caplog.text
+        slot.started = 100.0
+        slot.tree = _DeadTree(2000, 1)  # type: ignore[assignment]
+        s._on_exit(slot, now=101.0)
+        assert s._fatal is not None and "giving up" in s._fatal
+
+        # A worker that ran for a while before it died starts the count over.
+        other = s.slots[1]
+        other.ever_listened, other.quick_deaths = True, 4
+        other.started = 0.0
+        other.tree = _DeadTree(3000, 0)  # type: ignore[assignment]
+        s._fatal = None
+        s._on_exit(other, now=sup.STABLE_S + 1)
+        assert other.quick_deaths == 1 and other.restart_at == sup.STABLE_S + 1 + sup.BACKOFF_S
+    finally:
+        s.metrics.close()
+
+
+def test_a_worker_dying_before_it_listens_fails_the_start_up():
+    s = _supervisor()
+    try:
+        slot = s.slots[0]
+        slot.tree = _DeadTree(1234, 1)  # type: ignore[assignment]
+        s._on_exit(slot, now=1.0)
+        assert s._fatal is not None and "before it listened" in s._fatal
+        assert slot.restart_at is None
+    finally:
+        s.metrics.close()
