@@ -196,7 +196,7 @@ async def test_sigterm_drains_every_worker_and_leaves_no_process(tiny_checkpoint
         assert await gw.wait(10) == 0
         assert time.monotonic() - sigterm_at < 5.0  # drained, not cut at the grace period
         await wait_until(lambda: not alive(descendants), 5.0, what="no process left")
-        assert _metrics_dirs() == dirs_before  # removed at exit
+        assert _metrics_dirs() <= dirs_before  # its own removed at exit
     finally:
         fake.delay_s = 0.0
         gw.kill()
@@ -278,7 +278,7 @@ async def test_port_taken_by_another_process_fails_loudly(tiny_checkpoint, fake,
     log = gw.log()
     assert f"gRPC port {port} on 127.0.0.1 is not available" in log
     assert "worker 0 started" not in log
-    assert _metrics_dirs() == dirs_before
+    assert _metrics_dirs() <= dirs_before
 
 
 async def test_a_worker_that_cannot_start_fails_the_start_up(tiny_checkpoint, fake, tmp_path):

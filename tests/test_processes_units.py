@@ -160,3 +160,26 @@ def test_a_worker_dying_before_it_listens_fails_the_start_up():
         assert slot.restart_at is None
     finally:
         s.metrics.close()
+
+
+def test_metrics_directories_of_dead_parents_are_removed(tmp_path: Path):
+    import os
+    import subprocess
+
+    from gateway.processes.aggregate import PREFIX, AggregatedMetrics
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = [tmp_path / f"{PREFIX}{gone.pid}-abc", tmp_path / f"{PREFIX}{os.getpid()}-def"]
+    live = tmp_path / f"{PREFIX}{os.getppid()}-ghi"  # another gateway's, running
+    other = tmp_path / "unrelated"
+    for d in (*stale, live, other):
+        d.mkdir()
+    metrics = AggregatedMetrics(str(tmp_path))
+    try:
+        assert not any(d.exists() for d in stale)
+        assert live.exists() and other.exists()
+        assert Path(metrics.directory).name.startswith(f"{PREFIX}{os.getpid()}-")
+    finally:
+        metrics.close()
+    assert not Path(metrics.directory).exists()

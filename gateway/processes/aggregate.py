@@ -5,14 +5,17 @@ Each worker writes its metrics to memory-mapped files in a directory of its own 
 first metric exists); the parent serves the sum. Counters and histograms of a worker that
 died stay in the sum (its files stay), so a restart loses no counts; its live gauges
 (in flight, Triton ready: see the multiprocess modes in gateway/metrics.py) are dropped with
-``process_dead``. The directory is made empty at start and removed at exit.
+``process_dead``. The directory is new and empty at start and removed at exit; one left by a
+parent that was killed (no exit to remove it) is removed by the next parent that starts.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -20,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "siglip-gateway-metrics-"  # then the parent's pid
 
 
 class _Restarts:
@@ -36,8 +40,10 @@ class _Restarts:
 
 
 class AggregatedMetrics:
-    def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="siglip-gateway-metrics-")
+    def __init__(self, temp_root: str | None = None) -> None:
+        root = Path(temp_root or tempfile.gettempdir())
+        remove_stale(root)
+        self.directory = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root)
         self.registry = CollectorRegistry(auto_describe=True)
         MultiProcessCollector(self.registry, path=self.directory)
         self.restarts = _Restarts()
@@ -61,3 +67,22 @@ class AggregatedMetrics:
             self._http.shutdown()
             self._http.server_close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def remove_stale(root: Path) -> None:
+    """Removes the directories of parents no longer running. One with our own pid is stale
+    too: in a restarted container the new parent often gets the old one's pid (1)."""
+    for directory in root.glob(PREFIX + "*"):
+        pid = directory.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
