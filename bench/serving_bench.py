@@ -36,7 +36,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from serving_procs import cached_checkpoint, embedded_triton  # noqa: E402
 from serving_report import evaluate_targets, machine, ratios, table  # noqa: E402
-from serving_runner import run_cells  # noqa: E402
+from serving_runner import is_remote, run_cells, served_mode  # noqa: E402
 from serving_workloads import WORKLOADS, Payloads  # noqa: E402
 
 MODES = ("ceiling", "direct", "served", "naive")
@@ -82,6 +82,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int,
                    help="torch threads for ceiling/naive and (OMP_NUM_THREADS) Triton's towers; "
                         "default: torch's own choice (the physical cores)")
+    p.add_argument("--processes", default="1",
+                   help="comma-separated gateway process counts (SIGLIP_PROCESSES) for served: "
+                        "1 is the mode served, N > 1 the mode served_pN, all in the same run")
+    p.add_argument("--connections", type=int,
+                   help="TCP connections of the served client, calls taken in turn (default 1; "
+                        "with --processes above 1, 4 per process of the largest, for every "
+                        "served cell alike)")
     p.add_argument("--triton-url", help="use this Triton instead of starting the embedded one")
     p.add_argument("--gateway-root", type=Path,
                    help="run the served gateway from this source tree (A/B a gateway change)")
@@ -95,6 +102,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.compile and "ceiling_compiled" not in modes:
         modes.append("ceiling_compiled")
     args.mode_list = [m for m in ALL_MODES if m in modes]
+    try:
+        processes = [int(x) for x in args.processes.split(",") if x.strip()]
+    except ValueError:
+        processes = []
+    if not processes or min(processes) < 1:
+        p.error(f"--processes {args.processes!r}: comma-separated counts of at least 1")
+    args.connections = args.connections or (1 if max(processes) == 1 else 4 * max(processes))
+    if "served" in args.mode_list:
+        at = args.mode_list.index("served")
+        args.mode_list[at:at + 1] = [served_mode(n) for n in dict.fromkeys(processes)]
     return args
 
 
@@ -142,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess_mode": args.preprocess_mode,
         "model_repository": str(args.model_repository or "model_repository"),
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
+        "gateway_processes": args.processes, "served_connections": args.connections,
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
         "items": {w: WORKLOADS[w].item for w in args.workload_list},
         "log_dir": str(log_dir),
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["torch_threads"] = args.torch_threads or "default"
     with contextlib.ExitStack() as stack:
         triton_url, triton_pid = args.triton_url, None
-        if not triton_url and {"direct", "served"} & set(args.mode_list):
+        if not triton_url and any(is_remote(m) for m in args.mode_list):
             try:
                 triton_url, triton_pid = stack.enter_context(
                     embedded_triton(checkpoint, args.startup_timeout, env=triton_env,

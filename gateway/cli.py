@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (SIGLIP_TRITON_URL)")
     s.add_argument("--preprocess-mode", choices=("exact", "fast", "triton"),
                    help="image preprocessing (SIGLIP_PREPROCESS_MODE)")
+    s.add_argument("--processes", type=int,
+                   help="gateway processes sharing the port (SIGLIP_PROCESSES; default from "
+                        "the CPUs)")
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
@@ -176,7 +179,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(
             model=args.model, host=args.host, port=args.port, metrics_port=args.metrics_port,
-            triton_url=args.triton_url, preprocess_mode=args.preprocess_mode)
+            triton_url=args.triton_url, preprocess_mode=args.preprocess_mode,
+            processes=args.processes)
     except ValueError as exc:
         return _fail("serve", str(exc), EXIT_USAGE)
     logging.basicConfig(level=settings.log_level.upper(),

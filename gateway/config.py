@@ -9,19 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
+
+from gateway.processes.cpus import default_processes, default_threads
 
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
 ENV_PREFIX = "SIGLIP_"
 MiB = 1024 * 1024
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,10 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Overload: calls beyond this many in flight are rejected with RESOURCE_EXHAUSTED.
     max_in_flight: int = 64
-    workers: int = field(default_factory=_default_workers)
+    # Gateway processes sharing the port (0: from the CPUs, see gateway/processes/cpus.py) and
+    # threads for decode/resize/tokenize in each (0: the CPUs shared out among the processes).
+    processes: int = 0
+    workers: int = 0
     preprocess_mode: str = "exact"
     text_cache_size: int = 10_000
     shutdown_grace_s: float = 20.0
@@ -55,6 +53,13 @@ class Settings:
     tls_client_ca: str = ""
     auth_token: str = ""
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        # Resolved once here, so every worker process gets the parent's numbers.
+        if self.processes == 0:
+            object.__setattr__(self, "processes", default_processes(not self.triton_url))
+        if self.workers == 0:
+            object.__setattr__(self, "workers", default_threads(max(1, self.processes)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -76,7 +81,7 @@ class Settings:
                 f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
                 f"{self.preprocess_mode!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
-                     "max_in_flight", "workers", "max_message_bytes"):
+                     "max_in_flight", "workers", "processes", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
