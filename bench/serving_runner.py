@@ -24,8 +24,8 @@ from serving_load import closed_loop, sequential
 from serving_procs import CpuMeter, GatewayProcess
 from serving_workloads import WORKLOADS, Payloads, UniqueTexts, Workload
 
-EXECUTION_ORDER = ("direct", "served", "ceiling", "ceiling_compiled", "naive")
-REMOTE = ("direct", "served")
+EXECUTION_ORDER = ("direct", "served", "served_shm", "ceiling", "ceiling_compiled", "naive")
+REMOTE = ("direct", "served", "served_shm")
 log = logging.getLogger("serving_bench")
 
 
@@ -37,6 +37,7 @@ class RemoteSide:
         self.args, self.checkpoint, self.triton_url = args, checkpoint, triton_url
         self.log_dir, self.meta = log_dir, meta
         self.gateway: GatewayProcess | None = None
+        self.gateway_shm: GatewayProcess | None = None
         self.clients: dict[str, Any] = {}
         self.pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="direct-prep")
         self.stats: Any = None
@@ -59,8 +60,18 @@ class RemoteSide:
             await asyncio.to_thread(self.gateway.start, args.startup_timeout)
             self.meta["gateway_pid"] = self.gateway.pid
             self.clients["served"] = Served(self.gateway.target, args.timeout)
+        if "served_shm" in args.mode_list:
+            # The same gateway with tensors through shared memory (needs Triton on this host).
+            self.gateway_shm = GatewayProcess(
+                self.checkpoint, self.triton_url, self.log_dir / "gateway-shm.log",
+                max_in_flight=max(64, 2 * args.concurrency),
+                env={"SIGLIP_PREPROCESS_MODE": args.preprocess_mode, "SIGLIP_TRITON_SHM": "on"},
+                **({"root": args.gateway_root} if args.gateway_root else {}))
+            await asyncio.to_thread(self.gateway_shm.start, args.startup_timeout)
+            self.clients["served_shm"] = Served(self.gateway_shm.target, args.timeout)
         self.cpu = CpuMeter({"client": os.getpid(), "triton": self.meta.get("triton_pid"),
-                             "gateway": self.gateway.pid if self.gateway else None},
+                             "gateway": self.gateway.pid if self.gateway else None,
+                             "gateway_shm": self.gateway_shm.pid if self.gateway_shm else None},
                             alone=("client",))  # Triton and the gateway are its children
         return self
 
@@ -81,7 +92,8 @@ class RemoteSide:
         # All CPU the cell used (warm-up and drain included) over all the calls it completed.
         if cell.completed and cpu_after:
             summary["cpu_ms_per_request"] = {
-                k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / cell.completed * 1e3, 3)
+                k.removesuffix("_shm"):
+                    round((cpu_after[k] - cpu_before.get(k, 0.0)) / cell.completed * 1e3, 3)
                 for k in cpu_after if k in mode_processes(mode)}
         return summary
 
@@ -91,12 +103,15 @@ class RemoteSide:
         if self.stats is not None:
             await self.stats.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.gateway is not None:
-            await asyncio.to_thread(self.gateway.stop)
+        for gateway in (self.gateway, self.gateway_shm):
+            if gateway is not None:
+                await asyncio.to_thread(gateway.stop)
 
 
 def mode_processes(mode: str) -> tuple[str, ...]:
-    return ("client", "gateway", "triton") if mode == "served" else ("client", "triton")
+    if mode in ("served", "served_shm"):
+        return ("client", "gateway" + mode.removeprefix("served"), "triton")
+    return ("client", "triton")
 
 
 def ceiling_batch(workload: Workload, entry: dict[str, Any], concurrency: int) -> int:

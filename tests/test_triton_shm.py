@@ -2,7 +2,7 @@
 
 Exactly the embeddings of gRPC tensors; regions given back after Triton's errors and never
 reused after a cancelled call (Triton writes its output later); nothing left in /dev/shm or
-in Triton after close; a SIGKILLed gateway leaves no file (only Triton's mapping); a
+in Triton after close or SIGTERM; a SIGKILLed gateway leaves no file (only Triton's mapping); a
 restarted Triton gets new registrations; a Triton that cannot open our files means gRPC.
 """
 
@@ -192,6 +192,25 @@ async def test_sigkilled_gateway_leaves_no_file_only_tritons_mapping(embedded_tr
         assert len(leaked) == 2  # mapped by Triton until unregistered or Triton exits
         for name in leaked:
             await probe._client.unregister_system_shared_memory(name)
+    finally:
+        gw.kill()
+        await probe.close()
+
+
+async def test_sigtermed_gateway_unregisters_its_regions(embedded_triton, tiny_checkpoint,
+                                                         tmp_path):
+    gw = GatewayProcess(tiny_checkpoint, embedded_triton.grpc_url, tmp_path / "gw.log",
+                        env={"SIGLIP_TRITON_SHM": "on"})
+    await gw.start(timeout_s=60)
+    probe = _backend(embedded_triton.grpc_url, embedding_dim(tiny_checkpoint), shm=False)
+    try:
+        from gateway.client import SiglipClient
+        async with SiglipClient(gw.target) as client:
+            await client.embed([np.zeros((8, 8, 3), np.uint8), "a cat"], timeout=60)
+        assert len(await _triton_regions(probe, gw.pid)) == 2
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait(30) == 0
+        assert await _triton_regions(probe, gw.pid) == [] and _files(gw.pid) == []
     finally:
         gw.kill()
         await probe.close()
