@@ -46,7 +46,7 @@ _ALIGN = 64
 _TRANSPORT_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "UNKNOWN"})
 _REAP_FIRST_S = 0.05
 _REAP_MAX_S = 2.0
-_UNREGISTER_TIMEOUT_S = 2.0
+_CONTROL_TIMEOUT_S = 2.0  # register/unregister: local and quick, or Triton is in trouble
 
 
 class ShmClient(Protocol):
@@ -229,7 +229,7 @@ class ShmPool:
             region.link()
             try:
                 await self._client.register_system_shared_memory(
-                    region.name, region.key, region.size, client_timeout=_UNREGISTER_TIMEOUT_S)
+                    region.name, region.key, region.size, client_timeout=_CONTROL_TIMEOUT_S)
             finally:
                 region.unlink()  # Triton has mapped it (or failed): the name is not needed
         except InferenceServerException as exc:
@@ -239,7 +239,10 @@ class ShmPool:
             # e.g. Triton on another host cannot open our file: it never will.
             region.close()
             self.disabled = True
-            self.forget()
+            for shape in list(self._idle):
+                while self._idle[shape]:
+                    self._retire(self._idle[shape].pop(), in_use=False)
+            self._idle.clear()
             log.warning("Triton refused shared memory (%s); sending tensors over gRPC "
                         "from now on", exc.message())
             return None
@@ -250,7 +253,7 @@ class ShmPool:
         return region
 
     def _make_room(self, need: int) -> bool:
-        """Drops idle regions (of other sizes, then any) until ``need`` fits in the budget."""
+        """Drops idle regions, largest first, until ``need`` fits in the budget."""
         while self.bytes_held + need > self.max_bytes:
             victims = [(r.size, shape) for shape, rs in self._idle.items() for r in rs[:1]]
             if not victims:
@@ -281,7 +284,7 @@ class ShmPool:
         try:
             # Triton answers OK for a name it does not know (it restarted): nothing is held.
             await self._client.unregister_system_shared_memory(
-                name, client_timeout=_UNREGISTER_TIMEOUT_S)
+                name, client_timeout=_CONTROL_TIMEOUT_S)
         except InferenceServerException as exc:
             # "currently in use" (a call it still runs) or unreachable: try again later.
             log.debug("shared memory region %s not unregistered yet: %s", name, exc.message())
