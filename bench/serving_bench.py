@@ -8,6 +8,7 @@ Modes (see serving_inprocess.py and serving_remote.py for exactly what each does
   ceiling  the towers in-process on preprocessed tensors, at the batch Triton formed
   direct   Triton over tritonclient.grpc.aio, the client doing the gateway's work itself
   served   the gateway (a subprocess) over gRPC
+  served_shm  (opt-in) the same, its tensors to Triton through shared memory (same host)
   naive    transformers' pipeline / SiglipModel + SiglipProcessor, once per request
   ceiling_compiled  (with --compile) the ceiling with torch.compile'd towers
 Workloads: serving_workloads.WORKLOADS. Each cell warms up, then measures a fixed duration;
@@ -40,7 +41,7 @@ from serving_runner import is_remote, run_cells, served_mode  # noqa: E402
 from serving_workloads import WORKLOADS, Payloads  # noqa: E402
 
 MODES = ("ceiling", "direct", "served", "naive")
-ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "naive")
+ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_shm", "naive")
 # Per size: concurrency, seconds, warm-up. Base on a CPU takes ~0.3 s per image, so 8 in
 # flight already keeps Triton's queue full (batches of ~C/2..C); tiny is overhead-bound and
 # needs many calls in flight to show the serving path's own limit.

@@ -25,7 +25,7 @@ from serving_load import closed_loop, sequential
 from serving_procs import CpuMeter, GatewayProcess
 from serving_workloads import WORKLOADS, Payloads, UniqueTexts, Workload
 
-EXECUTION_ORDER = ("direct", "served", "ceiling", "ceiling_compiled", "naive")
+EXECUTION_ORDER = ("direct", "served", "served_shm", "ceiling", "ceiling_compiled", "naive")
 log = logging.getLogger("serving_bench")
 
 
@@ -35,11 +35,12 @@ def served_mode(processes: int) -> str:
 
 
 def served_processes(mode: str) -> int:
-    return 1 if mode == "served" else int(mode.removeprefix("served_p"))
+    return int(mode.removeprefix("served_p")) if mode.startswith("served_p") else 1
 
 
 def is_served(mode: str) -> bool:
-    return mode == "served" or mode.startswith("served_p")
+    """served, served_pN (--processes), served_shm (tensors through shared memory)."""
+    return mode in ("served", "served_shm") or mode.startswith("served_p")
 
 
 def is_remote(mode: str) -> bool:
@@ -48,7 +49,8 @@ def is_remote(mode: str) -> bool:
 
 def execution_order(modes: list[str]) -> list[str]:
     """EXECUTION_ORDER, each served_pN right after served (in the order given)."""
-    return sorted(modes, key=lambda m: EXECUTION_ORDER.index("served" if is_served(m) else m))
+    return sorted(modes, key=lambda m: EXECUTION_ORDER.index(
+        "served" if m.startswith("served_p") else m))
 
 
 class RemoteSide:
@@ -73,12 +75,14 @@ class RemoteSide:
             self.clients["direct"] = Direct(self.triton_url, self.checkpoint, self.pool)
         for mode in (m for m in args.mode_list if is_served(m)):
             processes = served_processes(mode)
+            env = {"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
+                   "SIGLIP_PROCESSES": str(processes)}
+            if mode == "served_shm":  # tensors through shared memory (Triton on this host)
+                env["SIGLIP_TRITON_SHM"] = "on"
             gateway = GatewayProcess(
                 self.checkpoint, self.triton_url,
-                self.log_dir / ("gateway.log" if processes == 1 else f"gateway_p{processes}.log"),
-                max_in_flight=max(64, 2 * args.concurrency),
-                env={"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
-                     "SIGLIP_PROCESSES": str(processes)},
+                self.log_dir / ("gateway.log" if mode == "served" else f"gateway_{mode}.log"),
+                max_in_flight=max(64, 2 * args.concurrency), env=env,
                 **({"root": args.gateway_root} if args.gateway_root else {}))
             self.gateways[mode] = gateway
             await asyncio.to_thread(gateway.start, args.startup_timeout)

@@ -31,6 +31,9 @@ class Settings:
     triton_url: str = ""
     triton_timeout_s: float = 30.0
     triton_startup_timeout_s: float = 600.0
+    # Tensors through shared memory: auto = only with the embedded Triton (same host).
+    triton_shm: str = "auto"
+    triton_shm_max_bytes: int = 64 * MiB
     # Limits (see README): checked before any work is done.
     max_message_bytes: int = 32 * MiB
     max_images: int = 64
@@ -80,8 +83,11 @@ class Settings:
             raise ValueError(
                 f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
                 f"{self.preprocess_mode!r}")
+        if self.triton_shm not in ("auto", "on", "off"):
+            raise ValueError(f"SIGLIP_TRITON_SHM must be auto, on or off, not {self.triton_shm!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
-                     "max_in_flight", "workers", "processes", "max_message_bytes"):
+                     "max_in_flight", "workers", "processes", "max_message_bytes",
+                     "triton_shm_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -89,6 +95,11 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError(
                 "SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
+
+    def shm_enabled(self) -> bool:
+        """Shared memory only reaches a Triton on this host: the embedded one (no URL), or
+        one named by the URL when the deployment says it shares /dev/shm (``on``)."""
+        return self.triton_shm == "on" or (self.triton_shm == "auto" and not self.triton_url)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

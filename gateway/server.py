@@ -83,8 +83,11 @@ class GatewayServer:
         mode = PreprocessMode(s.preprocess_mode)
         # TRITON mode also needs Triton's JPEG decoder: not ready without it.
         models = MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
-        self._backend = TritonBackend(self.triton_url, max_message_bytes=s.max_message_bytes,
-                                      default_timeout_s=s.triton_timeout_s, models=models)
+        self._backend = TritonBackend(
+            self.triton_url, max_message_bytes=s.max_message_bytes,
+            default_timeout_s=s.triton_timeout_s, models=models,
+            shm_max_bytes=s.triton_shm_max_bytes if s.shm_enabled() else None,
+            embedding_dim=self.meta.embedding_dim)
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
         engine = Engine(
             meta=self.meta, tokenizer=tokenizer, backend=self._backend, pool=self._pool,

@@ -183,3 +183,16 @@ def test_metrics_directories_of_dead_parents_are_removed(tmp_path: Path):
     finally:
         metrics.close()
     assert not Path(metrics.directory).exists()
+
+
+@pytest.mark.parametrize(("shm", "embedded", "expected"), [
+    ("auto", True, "on"), ("auto", False, "auto"), ("off", True, "off"), ("on", False, "on")])
+def test_workers_of_an_embedded_triton_keep_shared_memory(shm: str, embedded: bool,
+                                                           expected: str):
+    from gateway.processes.supervisor import worker_settings
+
+    parent = Settings(triton_shm=shm, port=0, metrics_port=9090)
+    worker = worker_settings(parent, port=50123, triton_url="127.0.0.1:8001", embedded=embedded)
+    assert (worker.port, worker.metrics_port, worker.triton_url) == (50123, -1, "127.0.0.1:8001")
+    assert worker.triton_shm == expected
+    assert worker.shm_enabled() == (expected == "on")

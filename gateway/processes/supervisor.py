@@ -47,6 +47,15 @@ MAX_QUICK_DEATHS = 5
 KILL_MARGIN_S = 5.0  # after the grace period, before SIGKILL
 
 
+
+def worker_settings(settings: Settings, *, port: int, triton_url: str,
+                    embedded: bool) -> Settings:
+    """What a worker serves with: the parent's settings, with the real port and Triton URL.
+    The parent serves the metrics. An embedded Triton runs on this host, so ``auto`` shared
+    memory stays on although the worker is handed a URL."""
+    shm = "on" if embedded and settings.triton_shm == "auto" else settings.triton_shm
+    return settings.replace(port=port, metrics_port=-1, triton_url=triton_url, triton_shm=shm)
+
 class StartupError(RuntimeError):
     pass
 
@@ -93,8 +102,8 @@ class Supervisor:
             held, port = reserve_port(s.host, s.port)
             metrics_port = (self.metrics.serve(s.metrics_port, s.host)
                             if s.metrics_port >= 0 else None)
-            self._worker_settings = s.replace(port=port, metrics_port=-1,
-                                              triton_url=self.triton_url)
+            self._worker_settings = worker_settings(s, port=port, triton_url=self.triton_url,
+                                                    embedded=self.embedded)
             for slot in self.slots:
                 self._spawn(slot)
             while not stop.is_set() and self._fatal is None:
