@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hf_reference import features
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from transformers import (
@@ -32,11 +33,15 @@ def test_tiny_loads_with_all_four_from_pretrained(tiny_checkpoint: Path) -> None
     text = SiglipTextModel.from_pretrained(tiny_checkpoint)
     processor = SiglipProcessor.from_pretrained(tiny_checkpoint)
     assert type(processor.tokenizer).__name__ == "SiglipTokenizer"
-    # The towers load the very same weights as the full model (no fresh random init).
-    for name, tensor in vision.state_dict().items():
-        assert torch.equal(tensor, model.state_dict()[name]), name
-    for name, tensor in text.state_dict().items():
-        assert torch.equal(tensor, model.state_dict()[name]), name
+    # The towers load the very same weights as the full model (no fresh random init). Their
+    # names carry a "vision_model."/"text_model." prefix in 4.x, none in 5.x.
+    for tower, prefix, full in ((vision, "vision_model.", model.vision_model),
+                                (text, "text_model.", model.text_model)):
+        want = full.state_dict()
+        got = {name.removeprefix(prefix): t for name, t in tower.state_dict().items()}
+        assert got.keys() == want.keys()
+        for name, tensor in got.items():
+            assert torch.equal(tensor, want[name]), name
     vc = model.config.vision_config
     assert (vc.image_size, vc.patch_size) == (256, 16)
     assert model.config.text_config.max_position_embeddings == 64
@@ -79,8 +84,8 @@ def test_model_meta_matches_torch_model(tiny_checkpoint: Path) -> None:
     assert meta.logit_scale == pytest.approx(model.logit_scale.item(), abs=0)
     assert meta.logit_bias == pytest.approx(model.logit_bias.item(), abs=0)
     with torch.no_grad():
-        image = model.get_image_features(pixel_values=torch.zeros(1, 3, 256, 256))
-        text = model.get_text_features(input_ids=torch.ones(1, 64, dtype=torch.long))
+        image = features(model.get_image_features(pixel_values=torch.zeros(1, 3, 256, 256)))
+        text = features(model.get_text_features(input_ids=torch.ones(1, 64, dtype=torch.long)))
     assert meta.embedding_dim == image.shape[-1] == text.shape[-1]
     assert meta.image_size == model.config.vision_config.image_size == 256
     assert meta.text_length == model.config.text_config.max_position_embeddings == 64
