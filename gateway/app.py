@@ -73,10 +73,11 @@ async def serve(settings: Settings) -> int:
 
 
 def _import_transformers_without_torch() -> None:
-    """The gateway needs transformers only for SigLIP's tokenizer, but transformers imports torch
-    whenever it is installed (as with the embedded Triton): +230 MB and seconds of start-up.
+    """The gateway needs transformers only for SigLIP's tokenizer, but transformers 4.x imports
+    torch whenever it is installed (as with the embedded Triton): +230 MB and seconds of start-up.
     transformers reads USE_TORCH once, at its first import; the variable is restored at once so
-    that the embedded Triton's models, started later with our environment, still use torch."""
+    that the embedded Triton's models, started later with our environment, still use torch.
+    transformers 5 no longer reads USE_TORCH, and its tokenizer imports no torch anyway."""
     if "transformers" in sys.modules:
         return
     # The second variable silences transformers' "None of PyTorch ... found" advice.
