@@ -54,16 +54,21 @@ def _gateway_images() -> Any | None:
 
 
 def pipelines() -> dict[str, Pipeline]:
-    from transformers import SiglipImageProcessor
+    import transformers
     from transformers.image_utils import load_image
 
-    proc = SiglipImageProcessor(size={"height": SIZE, "width": SIZE},
-                                do_rescale=False, do_normalize=False)
+    # The Pillow processor under either major (5.x's SiglipImageProcessor may be torchvision's),
+    # converting no colours after load_image, as 4.x's: see tests/hf_reference.py.
+    cls = getattr(transformers, "SiglipImageProcessorPil", None) or \
+        transformers.SiglipImageProcessor
+    proc = cls(size={"height": SIZE, "width": SIZE}, do_rescale=False, do_normalize=False,
+               do_convert_rgb=False)
 
     def baseline(data: bytes) -> np.ndarray:
         im = load_image(Image.open(io.BytesIO(data)))
-        out = proc(im, return_tensors="np", data_format="channels_last")["pixel_values"][0]
-        return out
+        # Channels-first, the default of both majors (5.x ignores data_format).
+        return np.ascontiguousarray(proc(im, return_tensors="np")["pixel_values"][0]
+                                    .transpose(1, 2, 0))
 
     def baseline_pil(data: bytes) -> np.ndarray:
         im = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")

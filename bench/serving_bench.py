@@ -8,6 +8,7 @@ Modes (see serving_inprocess.py and serving_remote.py for exactly what each does
   ceiling  the towers in-process on preprocessed tensors, at the batch Triton formed
   direct   Triton over tritonclient.grpc.aio, the client doing the gateway's work itself
   served   the gateway (a subprocess) over gRPC
+  served_shm  (opt-in) the same, its tensors to Triton through shared memory (same host)
   naive    transformers' pipeline / SiglipModel + SiglipProcessor, once per request
   ceiling_compiled  (with --compile) the ceiling with torch.compile'd towers
 Workloads: serving_workloads.WORKLOADS. Each cell warms up, then measures a fixed duration;
@@ -36,11 +37,11 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from serving_procs import cached_checkpoint, embedded_triton  # noqa: E402
 from serving_report import evaluate_targets, machine, ratios, table  # noqa: E402
-from serving_runner import run_cells  # noqa: E402
+from serving_runner import is_remote, run_cells, served_mode  # noqa: E402
 from serving_workloads import WORKLOADS, Payloads  # noqa: E402
 
 MODES = ("ceiling", "direct", "served", "naive")
-ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "naive")
+ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_shm", "naive")
 # Per size: concurrency, seconds, warm-up. Base on a CPU takes ~0.3 s per image, so 8 in
 # flight already keeps Triton's queue full (batches of ~C/2..C); tiny is overhead-bound and
 # needs many calls in flight to show the serving path's own limit.
@@ -82,6 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int,
                    help="torch threads for ceiling/naive and (OMP_NUM_THREADS) Triton's towers; "
                         "default: torch's own choice (the physical cores)")
+    p.add_argument("--processes", default="1",
+                   help="comma-separated gateway process counts (SIGLIP_PROCESSES) for served: "
+                        "1 is the mode served, N > 1 the mode served_pN, all in the same run")
+    p.add_argument("--connections", type=int,
+                   help="TCP connections of the served client, calls taken in turn (default 1; "
+                        "with --processes above 1, 4 per process of the largest, for every "
+                        "served cell alike)")
     p.add_argument("--triton-url", help="use this Triton instead of starting the embedded one")
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the served gateway, e.g. "
@@ -102,6 +110,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad_env:
         p.error(f"--gateway-env takes NAME=VALUE, not {bad_env}")
     args.gateway_env_map = dict(e.split("=", 1) for e in args.gateway_env)
+    try:
+        processes = [int(x) for x in args.processes.split(",") if x.strip()]
+    except ValueError:
+        processes = []
+    if not processes or min(processes) < 1:
+        p.error(f"--processes {args.processes!r}: comma-separated counts of at least 1")
+    args.connections = args.connections or (1 if max(processes) == 1 else 4 * max(processes))
+    if "served" in args.mode_list:
+        at = args.mode_list.index("served")
+        args.mode_list[at:at + 1] = [served_mode(n) for n in dict.fromkeys(processes)]
     return args
 
 
@@ -149,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "preprocess_mode": args.preprocess_mode,
         "model_repository": str(args.model_repository or "model_repository"),
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
+        "gateway_processes": args.processes, "served_connections": args.connections,
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
         "gateway_env": args.gateway_env_map,
         "items": {w: WORKLOADS[w].item for w in args.workload_list},
@@ -170,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["torch_threads"] = args.torch_threads or "default"
     with contextlib.ExitStack() as stack:
         triton_url, triton_pid = args.triton_url, None
-        if not triton_url and {"direct", "served"} & set(args.mode_list):
+        if not triton_url and any(is_remote(m) for m in args.mode_list):
             try:
                 triton_url, triton_pid = stack.enter_context(
                     embedded_triton(checkpoint, args.startup_timeout, env=triton_env,

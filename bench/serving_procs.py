@@ -117,8 +117,9 @@ class GatewayProcess:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGLIP_")}
         clean["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+        # One gateway process unless env says otherwise (the default follows the CPUs).
         clean.update({"SIGLIP_MAX_IN_FLIGHT": str(max_in_flight),
-                      "SIGLIP_SHUTDOWN_GRACE_S": "2"})
+                      "SIGLIP_SHUTDOWN_GRACE_S": "2", "SIGLIP_PROCESSES": "1"})
         clean.update(env or {})
         self.env = clean
         self.proc: subprocess.Popen[bytes] | None = None

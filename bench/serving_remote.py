@@ -7,8 +7,9 @@ direct: Triton called with tritonclient.grpc.aio, no gateway. The client does th
     to a pool), both towers are called concurrently and the scores computed with
     gateway.core.scoring. It keeps no text cache, so Classify sends its ten prompts to the
     text tower on every call.
-served: SiglipService over gRPC; requests are built once where they do not change (images,
-    Classify's labels) and the response is parsed, as a real client's would be.
+served: SiglipService over gRPC (over --connections TCP connections); requests are built once
+    where they do not change (images, Classify's labels) and the response is parsed, as a real
+    client's would be.
 
 Each `call_for` returns a no-argument coroutine function: one request.
 """
@@ -16,6 +17,7 @@ Each `call_for` returns a no-argument coroutine function: one request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -95,18 +97,23 @@ class Direct:
 
 
 class Served:
-    def __init__(self, target: str, timeout_s: float) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=[
+    """`connections` channels, each its own TCP connection, taken in turn: the kernel spreads
+    connections (not calls) over a multi-process gateway's workers."""
+
+    def __init__(self, target: str, timeout_s: float, connections: int = 1) -> None:
+        self.channels = [grpc.aio.insecure_channel(target, options=[
             ("grpc.max_send_message_length", 32 * MiB),
-            ("grpc.max_receive_message_length", 32 * MiB)])
-        self.stub = pb_grpc.SiglipServiceStub(self.channel)
+            ("grpc.max_receive_message_length", 32 * MiB),
+            ("grpc.use_local_subchannel_pool", 1)]) for _ in range(connections)]
+        self.stubs = itertools.cycle([pb_grpc.SiglipServiceStub(c) for c in self.channels])
         self.timeout_s = timeout_s
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
     def call_for(self, workload: Workload, payloads: Payloads, texts: UniqueTexts) -> Call:
-        name, stub, timeout = workload.name, self.stub, self.timeout_s
+        name, stubs, timeout = workload.name, self.stubs, self.timeout_s
         jpegs = [image_pb(b) for b in payloads.jpegs]
         fixed: Any = None
         if name == "embed_raw":
@@ -117,6 +124,7 @@ class Served:
             fixed = pb.ClassifyRequest(images=jpegs[:1], labels=list(CLASSIFY_LABELS))
 
         async def run() -> object:
+            stub = next(stubs)
             if name in ("embed_raw", "embed_jpeg"):
                 return await stub.Embed(fixed, timeout=timeout)
             if name == "classify":

@@ -1,9 +1,10 @@
 """Runs the serving benchmark's cells, one workload at a time, every mode back to back.
 
-Workload by workload (direct, served, ceiling, ceiling_compiled, naive) rather than mode by
-mode: on a shared machine the background load drifts over minutes, and the ratios compare
+Workload by workload (direct, served, served_pN, ceiling, ceiling_compiled, naive) rather than
+mode by mode: on a shared machine the background load drifts over minutes, and the ratios compare
 cells measured within a minute or two of each other. With --rounds N that sequence repeats N
-times per workload and each mode reports its median round. Triton and the gateway stay up, idle,
+times per workload and each mode reports its median round. served_pN is the gateway with N
+processes (--processes), its CPU summed over them. Triton and the gateways stay up, idle,
 while the in-process modes run (an idle Triton costs no CPU); served runs before ceiling
 because the ceiling's batch is the one Triton formed under served.
 """
@@ -24,9 +25,32 @@ from serving_load import closed_loop, sequential
 from serving_procs import CpuMeter, GatewayProcess
 from serving_workloads import WORKLOADS, Payloads, UniqueTexts, Workload
 
-EXECUTION_ORDER = ("direct", "served", "ceiling", "ceiling_compiled", "naive")
-REMOTE = ("direct", "served")
+EXECUTION_ORDER = ("direct", "served", "served_shm", "ceiling", "ceiling_compiled", "naive")
 log = logging.getLogger("serving_bench")
+
+
+def served_mode(processes: int) -> str:
+    """The mode name of the served gateway with `processes` processes (--processes)."""
+    return "served" if processes == 1 else f"served_p{processes}"
+
+
+def served_processes(mode: str) -> int:
+    return int(mode.removeprefix("served_p")) if mode.startswith("served_p") else 1
+
+
+def is_served(mode: str) -> bool:
+    """served, served_pN (--processes), served_shm (tensors through shared memory)."""
+    return mode in ("served", "served_shm") or mode.startswith("served_p")
+
+
+def is_remote(mode: str) -> bool:
+    return mode == "direct" or is_served(mode)
+
+
+def execution_order(modes: list[str]) -> list[str]:
+    """EXECUTION_ORDER, each served_pN right after served (in the order given)."""
+    return sorted(modes, key=lambda m: EXECUTION_ORDER.index(
+        "served" if m.startswith("served_p") else m))
 
 
 class RemoteSide:
@@ -36,7 +60,7 @@ class RemoteSide:
                  log_dir: Path, meta: dict[str, Any]) -> None:
         self.args, self.checkpoint, self.triton_url = args, checkpoint, triton_url
         self.log_dir, self.meta = log_dir, meta
-        self.gateway: GatewayProcess | None = None
+        self.gateways: dict[str, GatewayProcess] = {}  # per served mode
         self.clients: dict[str, Any] = {}
         self.pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="direct-prep")
         self.stats: Any = None
@@ -49,20 +73,26 @@ class RemoteSide:
         self.stats = TritonStats(self.triton_url)
         if "direct" in args.mode_list:
             self.clients["direct"] = Direct(self.triton_url, self.checkpoint, self.pool)
-        if "served" in args.mode_list:
-            self.gateway = GatewayProcess(self.checkpoint, self.triton_url,
-                                          self.log_dir / "gateway.log",
-                                          max_in_flight=max(64, 2 * args.concurrency),
-                                          env={"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
-                                               **args.gateway_env_map},
-                                          **({"root": args.gateway_root}
-                                             if args.gateway_root else {}))
-            await asyncio.to_thread(self.gateway.start, args.startup_timeout)
-            self.meta["gateway_pid"] = self.gateway.pid
-            self.clients["served"] = Served(self.gateway.target, args.timeout)
+        for mode in (m for m in args.mode_list if is_served(m)):
+            processes = served_processes(mode)
+            env = {"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
+                   "SIGLIP_PROCESSES": str(processes), **args.gateway_env_map}
+            if mode == "served_shm":  # tensors through shared memory (Triton on this host)
+                env["SIGLIP_TRITON_SHM"] = "on"
+            gateway = GatewayProcess(
+                self.checkpoint, self.triton_url,
+                self.log_dir / ("gateway.log" if mode == "served" else f"gateway_{mode}.log"),
+                max_in_flight=max(64, 2 * args.concurrency), env=env,
+                **({"root": args.gateway_root} if args.gateway_root else {}))
+            self.gateways[mode] = gateway
+            await asyncio.to_thread(gateway.start, args.startup_timeout)
+            self.meta.setdefault("gateway_pid", gateway.pid)
+            self.meta.setdefault("gateway_pids", {})[mode] = gateway.pid
+            self.clients[mode] = Served(gateway.target, args.timeout, args.connections)
+        # Triton and each gateway with its descendants (worker processes); the client alone.
         self.cpu = CpuMeter({"client": os.getpid(), "triton": self.meta.get("triton_pid"),
-                             "gateway": self.gateway.pid if self.gateway else None},
-                            alone=("client",))  # Triton and the gateway are its children
+                             **{f"gateway:{m}": g.pid for m, g in self.gateways.items()}},
+                            alone=("client",))
         return self
 
     async def cell(self, mode: str, workload: Workload, payloads: Payloads,
@@ -81,9 +111,12 @@ class RemoteSide:
         summary["triton_batches"] = batch_delta(before, await self.stats.counts())
         # All CPU the cell used (warm-up and drain included) over all the calls it completed.
         if cell.completed and cpu_after:
+            names = {"client": "client", "triton": "triton", f"gateway:{mode}": "gateway"}
             summary["cpu_ms_per_request"] = {
-                k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / cell.completed * 1e3, 3)
-                for k in cpu_after if k in mode_processes(mode)}
+                names[k]: round((cpu_after[k] - cpu_before.get(k, 0.0)) / cell.completed * 1e3, 3)
+                for k in cpu_after if k in names}
+        if is_served(mode):
+            summary["gateway_processes"] = served_processes(mode)
         return summary
 
     async def close(self) -> None:
@@ -92,12 +125,8 @@ class RemoteSide:
         if self.stats is not None:
             await self.stats.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.gateway is not None:
-            await asyncio.to_thread(self.gateway.stop)
-
-
-def mode_processes(mode: str) -> tuple[str, ...]:
-    return ("client", "gateway", "triton") if mode == "served" else ("client", "triton")
+        for gateway in self.gateways.values():
+            await asyncio.to_thread(gateway.stop)
 
 
 def ceiling_batch(workload: Workload, entry: dict[str, Any], concurrency: int) -> int:
@@ -160,7 +189,7 @@ async def run_cells(args: argparse.Namespace, checkpoint: Path, triton_url: str 
                     log_dir: Path, on_cell: Callable[[], object] = lambda: None) -> None:
     remote: RemoteSide | None = None
     remote_error = meta.get("remote_error")
-    if triton_url and set(REMOTE) & set(args.mode_list):
+    if triton_url and any(is_remote(m) for m in args.mode_list):
         try:
             remote = await RemoteSide(args, checkpoint, triton_url, log_dir, meta).open()
         except Exception as exc:  # e.g. the gateway does not start: in-process modes still run
@@ -173,9 +202,9 @@ async def run_cells(args: argparse.Namespace, checkpoint: Path, triton_url: str 
             workload, entry = WORKLOADS[name], results[name]
             rounds: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
-                for mode in (m for m in EXECUTION_ORDER if m in args.mode_list):
+                for mode in execution_order(args.mode_list):
                     try:
-                        if mode in REMOTE:
+                        if is_remote(mode):
                             if remote is None:
                                 raise RuntimeError(remote_error or "no Triton")
                             summary = await remote.cell(mode, workload, payloads, texts)
@@ -183,7 +212,7 @@ async def run_cells(args: argparse.Namespace, checkpoint: Path, triton_url: str 
                             summary = await asyncio.to_thread(
                                 inproc.cell, mode, workload, entry, payloads, texts)
                     except Exception as exc:  # recorded in the JSON; the other cells still run
-                        if mode not in REMOTE:
+                        if not is_remote(mode):
                             log.exception("%s %s failed", name, mode)
                         summary = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
                     _log_cell(name, mode, summary)

@@ -12,7 +12,8 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 # checkov:skip=CKV_DOCKER_2:No HEALTHCHECK: Kubernetes ignores it; the pod probes /v2/health/{live,ready} (k8s/base/triton/deployment.yaml).
 
 # The python backend's stub runs model.py with this interpreter: torch and transformers go
-# into the system Python, same versions as the project's tests. torchvision (same index as
+# into the system Python, same versions as the project's full test suite (transformers 4.57;
+# the towers also pass their tests under 5.x, whose newest releases need Python >= 3.11). torchvision (same index as
 # torch, so built for the same CUDA) is siglip_image_decode's nvJPEG decoder: its GPU
 # instances do not load without it. torch from PyPI is the Linux CUDA build with its
 # CUDA 13 runtime bundled: the node's NVIDIA driver must be >= 580. For

@@ -1,17 +1,18 @@
-"""Runs the service: optional embedded Triton, the gateway server, signals, shutdown."""
+"""Runs the service: optional embedded Triton, the gateway server (in this process, or in N
+worker processes under gateway/processes/supervisor.py), signals, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 from gateway.config import Settings
-from gateway.core.model_meta import resolve_checkpoint
+from gateway.core.model_meta import load_model_meta, resolve_checkpoint
 from gateway.server import GatewayServer
 
 log = logging.getLogger("gateway")
@@ -19,7 +20,8 @@ log = logging.getLogger("gateway")
 
 async def serve(settings: Settings) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code."""
-    _import_transformers_without_torch()
+    if settings.processes == 1:  # with more, the workers tokenize, not this process
+        _import_transformers_without_torch()
     checkpoint = await asyncio.to_thread(resolve_checkpoint, settings.model)
     triton = None
     triton_url = settings.triton_url
@@ -31,12 +33,21 @@ async def serve(settings: Settings) -> int:
         log.info("starting embedded Triton for %s", checkpoint)
         await asyncio.to_thread(triton.start)
         triton_url = triton.grpc_url
-    server = GatewayServer(settings, triton_url, checkpoint=checkpoint)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if settings.processes > 1:
+            from gateway.processes.supervisor import Supervisor
+
+            model_meta = await asyncio.to_thread(load_model_meta, str(checkpoint))
+            supervisor = Supervisor(settings, checkpoint, triton_url,
+                                    dataclasses.replace(model_meta, model_id=settings.model),
+                                    embedded=triton is not None)
+            return await supervisor.run(stop)
+        # One process: this one serves (as before --processes existed).
+        server = GatewayServer(settings, triton_url, checkpoint=checkpoint)
         bound = await server.start()
         ready = asyncio.create_task(server.ready.wait())
         stopping = asyncio.create_task(stop.wait())
@@ -62,10 +73,11 @@ async def serve(settings: Settings) -> int:
 
 
 def _import_transformers_without_torch() -> None:
-    """The gateway needs transformers only for SigLIP's tokenizer, but transformers imports torch
-    whenever it is installed (as with the embedded Triton): +230 MB and seconds of start-up.
+    """The gateway needs transformers only for SigLIP's tokenizer, but transformers 4.x imports
+    torch whenever it is installed (as with the embedded Triton): +230 MB and seconds of start-up.
     transformers reads USE_TORCH once, at its first import; the variable is restored at once so
-    that the embedded Triton's models, started later with our environment, still use torch."""
+    that the embedded Triton's models, started later with our environment, still use torch.
+    transformers 5 no longer reads USE_TORCH, and its tokenizer imports no torch anyway."""
     if "transformers" in sys.modules:
         return
     # The second variable silences transformers' "None of PyTorch ... found" advice.
@@ -81,7 +93,3 @@ def _import_transformers_without_torch() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def default_model_repository() -> Path:
-    return Path(__file__).resolve().parent.parent / "model_repository"

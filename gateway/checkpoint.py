@@ -106,6 +106,62 @@ def _train_spm(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _piece_count(model: bytes) -> int:
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+
+
+def _special(content: str) -> dict[str, Any]:
+    # As SiglipTokenizer (4.x) declares its special tokens: spaces around them are stripped.
+    return {"content": content, "lstrip": True, "normalized": False, "rstrip": True,
+            "single_word": False}
+
+
+def _processor_files() -> dict[str, dict[str, Any]]:
+    """The tokenizer's and image processor's files, in the hub checkpoints' layout.
+
+    Written here rather than by SiglipProcessor.save_pretrained, whose output depends on the
+    installed transformers: 5.x writes a tokenizer_config.json that 4.57 cannot load
+    ("extra_special_tokens" as a list) and a processor_config.json in place of
+    preprocessor_config.json. Both majors load this layout (google/siglip-* use it) and
+    tokenize with it alike. No attention_mask (model_input_names): like the hub's, since
+    SigLIP attends to its padding, so pipelines built on this checkpoint match the reference.
+    """
+    tokenizer_config = {
+        "added_tokens_decoder": {"1": {**_special("</s>"), "special": True},
+                                 "2": {**_special("<unk>"), "special": True}},
+        "additional_special_tokens": [],
+        "clean_up_tokenization_spaces": False,
+        "do_lower_case": True,
+        "eos_token": "</s>",
+        "model_input_names": ["input_ids"],
+        "model_max_length": TEXT_LENGTH,
+        "pad_token": "</s>",
+        "processor_class": "SiglipProcessor",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "SiglipTokenizer",
+        "unk_token": "<unk>",
+    }
+    special_tokens_map = {"eos_token": _special("</s>"), "pad_token": _special("</s>"),
+                          "unk_token": _special("<unk>")}
+    preprocessor_config = {
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor",
+        "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "SiglipProcessor",
+        "resample": 3,  # PIL bicubic
+        "rescale_factor": 1 / 255,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    }
+    return {"tokenizer_config.json": tokenizer_config,
+            "special_tokens_map.json": special_tokens_map,
+            "preprocessor_config.json": preprocessor_config}
+
+
 def _readme(size: Size, seed: int, n_params: int) -> str:
     return (
         "# RANDOM-WEIGHT SigLIP checkpoint — NOT a trained model\n\n"
@@ -122,12 +178,7 @@ def _readme(size: Size, seed: int, n_params: int) -> str:
 def make_random_checkpoint(out_dir: Path, size: Size, seed: int = 0) -> Path:
     """Write a random-weight SigLIP checkpoint of `size` into `out_dir`; return `out_dir`."""
     import torch
-    from transformers import (
-        SiglipImageProcessor,
-        SiglipModel,
-        SiglipProcessor,
-        SiglipTokenizer,
-    )
+    from transformers import SiglipModel
 
     if size not in _ARCH:
         raise ValueError(f"size must be one of {sorted(_ARCH)}, got {size!r}")
@@ -152,25 +203,12 @@ def make_random_checkpoint(out_dir: Path, size: Size, seed: int = 0) -> Path:
     cfg["random_weights"] = True
     config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-    spm_path = out_dir / "spiece.model"
-    spm_path.write_bytes(_train_spm(seed))
-    # Like the hub checkpoints: the tokenizer returns no attention_mask (SigLIP attends to
-    # its padding), so pipelines built on this checkpoint match the reference too.
-    tokenizer = SiglipTokenizer(vocab_file=str(spm_path), model_max_length=TEXT_LENGTH,
-                                model_input_names=["input_ids"])
-    if tokenizer.vocab_size > config.text_config.vocab_size:
+    spm = _train_spm(seed)
+    if _piece_count(spm) > config.text_config.vocab_size:
         raise RuntimeError("tokenizer vocabulary larger than the text embedding table")
-    image_processor = SiglipImageProcessor(
-        do_resize=True,
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        resample=3,  # PIL bicubic
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
+    (out_dir / "spiece.model").write_bytes(spm)
+    for name, content in _processor_files().items():
+        (out_dir / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
 
     (out_dir / "README.md").write_text(_readme(size, seed, n_params))
     return out_dir

@@ -8,38 +8,87 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
 
 import grpc
 
 from gateway.config import Settings
 
+PROG = "siglip-gateway"
 CLIENT_COMMANDS = ("classify", "embed", "score", "info")
+# Exit codes: 1 = the server or the service failed; 2 = the command line was wrong.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage dump), pointing to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    try:
+        return _dispatch(argv)
+    except UsageError as exc:
+        return _fail(command, str(exc), EXIT_USAGE)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # Files named on the command line (tools read configs, checkpoints, output folders).
+        return _fail(command, _describe_os_error(exc), EXIT_USAGE)
+    except json.JSONDecodeError as exc:
+        return _fail(command, f"invalid JSON: {exc}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(argv: list[str]) -> int:
     # Tools with their own argument parsers.
-    if argv and argv[0] == "make-checkpoint":
-        from gateway.checkpoint import main as make_checkpoint
-
-        return make_checkpoint(argv[1:])
-    if argv and argv[0] == "load":
-        from gateway.loadgen import main as load
-
-        return load(argv[1:])
-    if argv and argv[0] == "export-onnx":
-        from gateway.onnx_export import main as export_onnx
-
-        return export_onnx(argv[1:])
+    tools: dict[str, Callable[[list[str]], int]] = {
+        "make-checkpoint": _tool("gateway.checkpoint"),
+        "load": _tool("gateway.loadgen"),
+        "export-onnx": _tool("gateway.onnx_export"),
+    }
+    if argv and argv[0] in tools:
+        return tools[argv[0]](argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     return _client_command(args)
 
 
+def _tool(module: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(argv)
+
+    return run
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    where = f"{PROG} {command}" if command and not command.startswith("-") else PROG
+    print(f"{where}: {message}", file=sys.stderr)
+    return code
+
+
+def _describe_os_error(exc: OSError) -> str:
+    reason = {FileNotFoundError: "no such file or directory", IsADirectoryError: "is a directory",
+              NotADirectoryError: "not a directory", PermissionError: "permission denied",
+              }.get(type(exc), exc.strerror or str(exc))
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="siglip-gateway", description=__doc__)
+    p = _Parser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("make-checkpoint", help="write a random checkpoint (see --help)")
     sub.add_parser("load", help="load-test a running server, ghz-style (see --help)")
@@ -55,12 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (SIGLIP_TRITON_URL)")
     s.add_argument("--preprocess-mode", choices=("exact", "fast", "triton"),
                    help="image preprocessing (SIGLIP_PREPROCESS_MODE)")
+    s.add_argument("--processes", type=int,
+                   help="gateway processes sharing the port (SIGLIP_PROCESSES; default from "
+                        "the CPUs)")
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("--server", default="localhost:50051", help="gateway HOST:PORT")
         c.add_argument("--token", help="bearer token, when the server requires one")
-        c.add_argument("--timeout", type=float, default=60.0, help="seconds")
+        c.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds")
         c.add_argument("--json", action="store_true", help="print JSON")
         return c
 
@@ -69,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--labels", required=True, help="comma-separated labels")
     c.add_argument("--template",
                    help='prompt template with one "{}" (default: "This is a photo of {}.")')
-    c.add_argument("--top-k", type=int, default=0)
+    c.add_argument("--top-k", type=_non_negative_int, default=0,
+                   help="labels to print per image (0 = all)")
     e = client("embed", "embed images and/or texts")
     e.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     e.add_argument("--text", action="append", default=[], help="text (repeatable)")
@@ -80,16 +133,56 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _read_images(paths: Sequence[str], flag: str) -> list[bytes]:
+    """Reads every image before connecting, so a bad path is reported as the user typed it."""
+    images = []
+    for path in paths:
+        try:
+            images.append(Path(path).read_bytes())
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            raise UsageError(f"{flag}: {_describe_os_error(exc)}") from None
+        except OSError as exc:
+            raise UsageError(f"{flag}: {path}: cannot read ({exc.strerror or exc})") from None
+    return images
+
+
+def _split(text: str, sep: str, flag: str) -> list[str]:
+    items = [x.strip() for x in text.split(sep) if x.strip()]
+    if not items:
+        raise UsageError(f"{flag}: no {flag.lstrip('-')} given (separate them with {sep!r})")
+    return items
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import serve
 
     try:
         settings = Settings.from_env(
             model=args.model, host=args.host, port=args.port, metrics_port=args.metrics_port,
-            triton_url=args.triton_url, preprocess_mode=args.preprocess_mode)
+            triton_url=args.triton_url, preprocess_mode=args.preprocess_mode,
+            processes=args.processes)
     except ValueError as exc:
-        print(f"siglip-gateway: {exc}", file=sys.stderr)
-        return 2
+        return _fail("serve", str(exc), EXIT_USAGE)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -103,17 +196,26 @@ def _client_command(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run_client(args))
     except grpc.aio.AioRpcError as exc:
-        print(f"siglip-gateway {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
+        return _fail(args.command, f"{exc.code().name}: {exc.details()}", EXIT_FAILED)
 
 
 async def _run_client(args: argparse.Namespace) -> int:
     from gateway.client import SiglipClient
 
+    # Every local mistake is found before connecting.
+    if args.command == "classify":
+        images = _read_images(args.images, "images")
+        labels = _split(args.labels, ",", "--labels")
+    elif args.command == "embed":
+        if not args.image and not args.text:
+            raise UsageError("nothing to embed: give --image FILE and/or --text TEXT")
+        images = _read_images(args.image, "--image")
+    elif args.command == "score":
+        images = _read_images(args.images, "images")
+        texts = _split(args.texts, "|", "--texts")
     async with SiglipClient(args.server, token=args.token) as client:
         if args.command == "classify":
-            labels = [x.strip() for x in args.labels.split(",") if x.strip()]
-            results = await client.classify(args.images, labels, prompt_template=args.template,
+            results = await client.classify(images, labels, prompt_template=args.template,
                                             top_k=args.top_k, timeout=args.timeout)
             if args.json:
                 print(json.dumps([[s.__dict__ for s in r] for r in results], indent=2))
@@ -123,9 +225,7 @@ async def _run_client(args: argparse.Namespace) -> int:
                     for s in scores:
                         print(f"  {s.probability:8.4f}  {s.logit:9.4f}  {s.label}")
         elif args.command == "embed":
-            from pathlib import Path
-
-            inputs = [Path(p) for p in args.image] + list(args.text)
+            inputs = [*images, *args.text]
             embeds = await client.embed(inputs, timeout=args.timeout)
             names = args.image + [repr(t) for t in args.text]
             if args.json:
@@ -135,8 +235,7 @@ async def _run_client(args: argparse.Namespace) -> int:
                     head = " ".join(f"{v:+.4f}" for v in vec[:6])
                     print(f"{name}: dim {len(vec)} [{head} ...]")
         elif args.command == "score":
-            texts = [t for t in args.texts.split("|") if t]
-            result = await client.score(args.images, texts, timeout=args.timeout)
+            result = await client.score(images, texts, timeout=args.timeout)
             if args.json:
                 print(json.dumps({"logits": result.logits.tolist(),
                                   "probabilities": result.probabilities.tolist()}))

@@ -9,19 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
+
+from gateway.processes.cpus import default_processes, default_threads
 
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
 ENV_PREFIX = "SIGLIP_"
 MiB = 1024 * 1024
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,9 @@ class Settings:
     # (gateway/backend/coalescing.py). 0: every request makes its own calls.
     triton_max_calls_in_flight: int = 2
     triton_startup_timeout_s: float = 600.0
+    # Tensors through shared memory: auto = only with the embedded Triton (same host).
+    triton_shm: str = "auto"
+    triton_shm_max_bytes: int = 64 * MiB
     # Limits (see README): checked before any work is done.
     max_message_bytes: int = 32 * MiB
     max_images: int = 64
@@ -47,7 +45,10 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Overload: calls beyond this many in flight are rejected with RESOURCE_EXHAUSTED.
     max_in_flight: int = 64
-    workers: int = field(default_factory=_default_workers)
+    # Gateway processes sharing the port (0: from the CPUs, see gateway/processes/cpus.py) and
+    # threads for decode/resize/tokenize in each (0: the CPUs shared out among the processes).
+    processes: int = 0
+    workers: int = 0
     preprocess_mode: str = "exact"
     text_cache_size: int = 10_000
     shutdown_grace_s: float = 20.0
@@ -58,6 +59,13 @@ class Settings:
     tls_client_ca: str = ""
     auth_token: str = ""
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        # Resolved once here, so every worker process gets the parent's numbers.
+        if self.processes == 0:
+            object.__setattr__(self, "processes", default_processes(not self.triton_url))
+        if self.workers == 0:
+            object.__setattr__(self, "workers", default_threads(max(1, self.processes)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,8 +86,11 @@ class Settings:
             raise ValueError(
                 f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
                 f"{self.preprocess_mode!r}")
+        if self.triton_shm not in ("auto", "on", "off"):
+            raise ValueError(f"SIGLIP_TRITON_SHM must be auto, on or off, not {self.triton_shm!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
-                     "max_in_flight", "workers", "max_message_bytes"):
+                     "max_in_flight", "workers", "processes", "max_message_bytes",
+                     "triton_shm_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
         if self.triton_max_calls_in_flight < 0:
@@ -89,6 +100,11 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError(
                 "SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
+
+    def shm_enabled(self) -> bool:
+        """Shared memory only reaches a Triton on this host: the embedded one (no URL), or
+        one named by the URL when the deployment says it shares /dev/shm (``on``)."""
+        return self.triton_shm == "on" or (self.triton_shm == "auto" and not self.triton_url)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -102,5 +118,6 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a {kind}") from None
+        what = "a whole number" if kind == "int" else "a number"
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not {what}") from None
     return raw

@@ -278,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg, fmt, output = config_from_args(argv)
         report = asyncio.run(_main_async(cfg))
     except ConnectionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"siglip-gateway load: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError, json_format.ParseError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"siglip-gateway load: {e}", file=sys.stderr)
         return 2
     if fmt == "summary":
         text = format_summary(report)

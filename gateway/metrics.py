@@ -44,8 +44,12 @@ class Metrics:
         self.inputs = Histogram(
             "siglip_gateway_inputs_per_request", "Images or texts per request.",
             ["kind"], buckets=COUNT_BUCKETS, registry=r)
+        # Multiprocess modes (serve --processes N, gateway/processes/aggregate.py): the calls
+        # in flight of the live processes add up; Triton counts as ready only if every live
+        # process sees it ready (as every process's health must then say SERVING).
         self.in_flight = Gauge(
-            "siglip_gateway_requests_in_flight", "RPCs being handled now.", registry=r)
+            "siglip_gateway_requests_in_flight", "RPCs being handled now.", registry=r,
+            multiprocess_mode="livesum")
         self.cache_hits = Counter(
             "siglip_gateway_text_cache_hits", "Text embeddings served from the cache.", registry=r)
         self.cache_misses = Counter(
@@ -58,7 +62,7 @@ class Metrics:
         self.triton_ready = Gauge(
             "siglip_gateway_triton_ready",
             "1 when Triton and every model this gateway calls are ready.",
-            registry=r)
+            registry=r, multiprocess_mode="livemin")
         for method in METHODS:
             self.request_seconds.labels(method)
         for stage in STAGES:

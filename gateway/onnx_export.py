@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = export_onnx_repository(args.model, args.out, opset=args.opset,
                                        overwrite=args.overwrite)
     except (ImportError, FileExistsError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     for name, path in paths.items():
         print(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

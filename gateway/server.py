@@ -52,8 +52,10 @@ class Bound:
 
 class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, share_port: bool = False) -> None:
         self.settings = settings
+        # A worker of `serve --processes N`: its siblings listen on the same port.
+        self._share_port = share_port
         self.triton_url = triton_url
         # Already resolved (e.g. a hub snapshot): read it, but report the model as named.
         self._checkpoint = checkpoint
@@ -82,8 +84,11 @@ class GatewayServer:
         mode = PreprocessMode(s.preprocess_mode)
         # TRITON mode also needs Triton's JPEG decoder: not ready without it.
         models = MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
-        self._backend = TritonBackend(self.triton_url, max_message_bytes=s.max_message_bytes,
-                                      default_timeout_s=s.triton_timeout_s, models=models)
+        self._backend = TritonBackend(
+            self.triton_url, max_message_bytes=s.max_message_bytes,
+            default_timeout_s=s.triton_timeout_s, models=models,
+            shm_max_bytes=s.triton_shm_max_bytes if s.shm_enabled() else None,
+            embedding_dim=self.meta.embedding_dim)
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
         backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight)
                    if s.triton_max_calls_in_flight else self._backend)
@@ -106,12 +111,15 @@ class GatewayServer:
         for name in READINESS_SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        # A worker joining siblings already SERVING must not answer NOT_SERVING while its
+        # first check is on the way: it checks before it listens.
+        seen = await self._check_triton(None) if self._share_port else None
         await self._server.start()
         metrics_port = None
         if s.metrics_port >= 0:
             self._metrics_http, _ = self.metrics.serve(s.metrics_port, s.host)
             metrics_port = self._metrics_http.server_port
-        self._monitor = asyncio.create_task(self._watch_triton())
+        self._monitor = asyncio.create_task(self._watch_triton(seen))
         self.bound = Bound(port, metrics_port)
         return self.bound
 
@@ -144,26 +152,30 @@ class GatewayServer:
         assert self._server is not None
         await self._server.wait_for_termination()
 
-    async def _watch_triton(self) -> None:
-        assert self._backend is not None
-        was_ready: bool | None = None
+    async def _watch_triton(self, was_ready: bool | None = None) -> None:
         while not self._draining:
-            ok = await self._backend.ready(timeout_s=1.0)
-            if ok != was_ready and not self._draining:
-                status = (health_pb2.HealthCheckResponse.SERVING if ok
-                          else health_pb2.HealthCheckResponse.NOT_SERVING)
-                for name in READINESS_SERVICES:
-                    await self.health.set(name, status)
-                self.metrics.triton_ready.set(1 if ok else 0)
-                if ok:
-                    self.ready.set()
-                    log.info("Triton at %s is ready: SERVING", self.triton_url)
-                else:
-                    self.ready.clear()
-                    log.warning("Triton at %s is not ready (needs models %s): NOT_SERVING",
-                                self.triton_url, ", ".join(self._backend.models))
-                was_ready = ok
+            was_ready = await self._check_triton(was_ready)
             await asyncio.sleep(MONITOR_INTERVAL_S)
+
+    async def _check_triton(self, was_ready: bool | None) -> bool | None:
+        """Asks Triton once; health, gauge and `ready` follow a change. Returns what it saw."""
+        assert self._backend is not None
+        ok = await self._backend.ready(timeout_s=1.0)
+        if ok != was_ready and not self._draining:
+            status = (health_pb2.HealthCheckResponse.SERVING if ok
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for name in READINESS_SERVICES:
+                await self.health.set(name, status)
+            self.metrics.triton_ready.set(1 if ok else 0)
+            if ok:
+                self.ready.set()
+                log.info("Triton at %s is ready: SERVING", self.triton_url)
+            else:
+                self.ready.clear()
+                log.warning("Triton at %s is not ready (needs models %s): NOT_SERVING",
+                            self.triton_url, ", ".join(self._backend.models))
+            return ok
+        return was_ready
 
     def _options(self) -> list[tuple[str, int]]:
         s = self.settings
@@ -175,8 +187,10 @@ class GatewayServer:
             ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            # Fail loudly when the port is taken instead of silently sharing it.
-            ("grpc.so_reuseport", 0),
+            # Fail loudly when the port is taken instead of silently sharing it. Workers share
+            # it among themselves only: their parent checked it was free and holds it
+            # (gateway/processes/sockets.py).
+            ("grpc.so_reuseport", 1 if self._share_port else 0),
         ]
 
     def _credentials(self) -> grpc.ServerCredentials:

@@ -28,8 +28,9 @@ git ls-files -z --cached --others --exclude-standard \
 cd "$work"
 echo "running, bounded by ${INSTALL_TIMEOUT_S} s: $command"
 start=$(date +%s)
-if ! timeout --kill-after=10 "$INSTALL_TIMEOUT_S" bash -c "$command" >install.log 2>&1; then
-  rc=$?
+rc=0
+timeout --kill-after=10 "$INSTALL_TIMEOUT_S" bash -c "$command" >install.log 2>&1 || rc=$?
+if [ "$rc" -ne 0 ]; then
   tail -n 30 install.log >&2
   if [ "$rc" -ge 124 ]; then
     echo "FAILED: the README's install command did not finish within ${INSTALL_TIMEOUT_S} s" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine and runs them all:
-# lint (ruff, buf), generated-code freshness, Kubernetes manifests, pytest.
-# Idempotent: re-running reuses .venv and .cache.
+# lint (ruff, buf), generated-code freshness, Kubernetes manifests, pytest (transformers 4.57),
+# then the parity tests again under transformers 5. Idempotent: re-running reuses .venv and .cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +15,9 @@ fi
 . .venv/bin/activate
 # The venv's own pip, not upgraded: the install must resolve with whatever pip users have.
 # torch is pinned (==2.13.0) in the extras: an open requirement would pull a multi-GB CUDA build.
-python -m pip install -q -e '.[dev]'
+# transformers: the whole suite runs under 4.57 (the oldest allowed, and what the images pin);
+# scripts/test_transformers5.sh runs the parity tests under 5.x after it.
+python -m pip install -q -e '.[dev]' 'transformers>=4.57,<5'
 
 echo "== the README's install command in a fresh venv, with that venv's pip"
 bash scripts/check_install.sh
@@ -48,3 +50,8 @@ fi
 
 echo "== pytest"
 python -m pytest "$@"
+
+if [ "${TRANSFORMERS5_TESTS:-1}" != 0 ]; then
+  echo "== parity tests under transformers 5 (TRANSFORMERS5_TESTS=0 skips)"
+  bash scripts/test_transformers5.sh
+fi

@@ -129,11 +129,12 @@ class GatewayProcess:
 
     def __init__(self, checkpoint: Path | str, triton_url: str, log_path: Path, *,
                  env: Mapping[str, str] | None = None, metrics: bool = False,
-                 code: str | None = None) -> None:
+                 code: str | None = None, processes: int = 1, port: int = 0) -> None:
         self.log_path = log_path
         entry = ["-c", code] if code else ["-m", "gateway"]
+        # One process unless asked (the default follows the machine's CPUs).
         self.argv = [sys.executable, *entry, "serve", "--model", str(checkpoint),
-                     "--host", "127.0.0.1", "--port", "0",
+                     "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes),
                      "--metrics-port", "0" if metrics else "-1", "--triton-url", triton_url]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGLIP_")}
         clean["PYTHONPATH"] = os.pathsep.join(
@@ -203,6 +204,44 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def worker_pids(self) -> list[int]:
+        """The pids of its worker processes (``--processes N`` > 1), live now."""
+        found = []
+        for child in psutil.Process(self.pid).children():
+            try:
+                if "gateway.processes.worker" in child.cmdline():
+                    found.append(child.pid)
+            except psutil.Error:
+                pass
+        return sorted(found)
+
+    def descendants(self) -> list[int]:
+        return [c.pid for c in psutil.Process(self.pid).children(recursive=True)]
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids among ``pids`` that still run (zombies count as gone)."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def connection_owners(port: int, pids: list[int]) -> dict[int, int]:
+    """For this process's TCP connections to ``port``: how many each of ``pids`` accepted."""
+    mine = {c.laddr.port for c in psutil.Process().net_connections("tcp")
+            if c.raddr and c.raddr.port == port}
+    owners: dict[int, int] = {}
+    for pid in pids:
+        for c in psutil.Process(pid).net_connections("tcp"):
+            if c.laddr.port == port and c.raddr and c.raddr.port in mine:
+                owners[pid] = owners.get(pid, 0) + 1
+    return owners
 
 
 # --- TLS material --------------------------------------------------------------------------

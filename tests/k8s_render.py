@@ -124,8 +124,39 @@ def prestop_seconds(c: Obj) -> int:
     return int(cmd[1])
 
 
+def colocated(docs: list[Obj]) -> bool:
+    """Triton runs as a sidecar in the gateway's pod (components/colocated): no Deployment."""
+    return not [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == TRITON]
+
+
+def triton_workload(docs: list[Obj]) -> Obj:
+    """The Deployment whose pods run Triton: its own, or the gateway's when colocated."""
+    return get(docs, "Deployment", GATEWAY if colocated(docs) else TRITON)
+
+
+def triton_container(workload: Obj) -> Obj:
+    """The `triton` container, or the native sidecar (init container, restartPolicy Always)."""
+    spec = pod_spec(workload)
+    found = [c for c in spec["containers"] if c["name"] == "triton"] + [
+        c for c in spec.get("initContainers", [])
+        if c["name"] == "triton" and c.get("restartPolicy") == "Always"]
+    assert len(found) == 1, f"no triton container in {workload['metadata']['name']}"
+    return found[0]
+
+
+def init_steps(workload: Obj) -> list[Obj]:
+    """Init containers that run to completion (not native sidecars)."""
+    return [c for c in pod_spec(workload).get("initContainers", [])
+            if c.get("restartPolicy") != "Always"]
+
+
+def triton_port_names(c: Obj) -> dict[str, int]:
+    """Triton's ports by role (http, grpc, metrics); a sidecar's names carry "triton-"."""
+    return {p["name"].removeprefix("triton-"): p["containerPort"] for p in c["ports"]}
+
+
 def triton_arg(triton: Obj, flag: str) -> str:
-    values = [a.split("=", 1)[1] for a in container(triton, "triton")["args"]
+    values = [a.split("=", 1)[1] for a in triton_container(triton)["args"]
               if a.startswith(flag + "=")]
     assert len(values) == 1, f"{flag} given {len(values)} times"
     return values[0]

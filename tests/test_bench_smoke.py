@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.triton]
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "serving_bench.py"
 WORKLOADS = {"embed_raw", "embed_jpeg", "embed_text", "classify", "score"}
-MODES = {"ceiling", "direct", "served", "naive"}
+MODES = {"ceiling", "direct", "served", "served_p2", "naive"}  # served_p2: --processes 1,2
 RATIOS = {"served/ceiling": "ceiling", "served/direct": "direct", "served/naive": "naive"}
 
 
@@ -29,7 +29,8 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
     argv = [sys.executable, str(BENCH), "--model", str(tiny_checkpoint),
             "--triton-url", embedded_triton.grpc_url, "--concurrency", "4",
             "--seconds", "0.6", "--warmup", "0.1", "--timeout", "30",
-            "--startup-timeout", "60", "--json", str(out), "--log-dir", str(tmp_path / "logs")]
+            "--startup-timeout", "60", "--processes", "1,2",
+            "--json", str(out), "--log-dir", str(tmp_path / "logs")]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     data = json.loads(out.read_text())
@@ -38,6 +39,7 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
     assert meta["checkpoint"] == {"path": str(tiny_checkpoint.resolve()), "size": "tiny",
                                   "random_weights": True}
     assert meta["concurrency"] == 4 and meta["machine"]["nproc"] >= 1 and meta["complete"]
+    assert meta["served_connections"] == 8  # 4 per process of the largest gateway
     check = meta["naive_pipeline_check"]
     assert isinstance(check["tokenizer_returns_attention_mask"], bool)
 
@@ -51,10 +53,14 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
             assert cell["errors"] == 0 and cell["first_error"] is None, (where, cell)
             assert cell["requests"] >= 1 and cell["items_per_s"] > 0, (where, cell)
             assert cell["p50_ms"] <= cell["p99_ms"], where
-        assert set(entry["ratios"]) == set(RATIOS), name
+        assert set(entry["ratios"]) == set(RATIOS) | {"served_p2/served"}, name
         for ratio, other in RATIOS.items():
             expected = cells["served"]["items_per_s"] / cells[other]["items_per_s"]
             assert entry["ratios"][ratio]["items_per_s"] == pytest.approx(expected), (name, ratio)
+        assert entry["ratios"]["served_p2/served"]["items_per_s"] == pytest.approx(
+            cells["served_p2"]["items_per_s"] / cells["served"]["items_per_s"])
+        assert (cells["served"]["gateway_processes"], cells["served_p2"]["gateway_processes"]
+                ) == (1, 2)
 
         # The ceiling's batch is the one Triton formed under `served`, in requests.
         model, rows = (("siglip_text", 1) if name == "embed_text"
@@ -65,7 +71,8 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
         assert formed["rows_per_request"] >= 1
         # Where the CPU went: the gateway is measured in served only (Triton is the fixture's,
         # not the benchmark's child, so it has no pid here).
-        assert set(cells["served"]["cpu_ms_per_request"]) == {"client", "gateway"}, name
+        for served in ("served", "served_p2"):
+            assert set(cells[served]["cpu_ms_per_request"]) == {"client", "gateway"}, name
         assert set(cells["direct"]["cpu_ms_per_request"]) == {"client"}, name
 
     # Targets: the tiny one applies and is evaluated; the base ones are listed, not judged.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hf_reference import features
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from transformers import (
@@ -32,11 +34,15 @@ def test_tiny_loads_with_all_four_from_pretrained(tiny_checkpoint: Path) -> None
     text = SiglipTextModel.from_pretrained(tiny_checkpoint)
     processor = SiglipProcessor.from_pretrained(tiny_checkpoint)
     assert type(processor.tokenizer).__name__ == "SiglipTokenizer"
-    # The towers load the very same weights as the full model (no fresh random init).
-    for name, tensor in vision.state_dict().items():
-        assert torch.equal(tensor, model.state_dict()[name]), name
-    for name, tensor in text.state_dict().items():
-        assert torch.equal(tensor, model.state_dict()[name]), name
+    # The towers load the very same weights as the full model (no fresh random init). Their
+    # names carry a "vision_model."/"text_model." prefix in 4.x, none in 5.x.
+    for tower, prefix, full in ((vision, "vision_model.", model.vision_model),
+                                (text, "text_model.", model.text_model)):
+        want = full.state_dict()
+        got = {name.removeprefix(prefix): t for name, t in tower.state_dict().items()}
+        assert got.keys() == want.keys()
+        for name, tensor in got.items():
+            assert torch.equal(tensor, want[name]), name
     vc = model.config.vision_config
     assert (vc.image_size, vc.patch_size) == (256, 16)
     assert model.config.text_config.max_position_embeddings == 64
@@ -79,8 +85,8 @@ def test_model_meta_matches_torch_model(tiny_checkpoint: Path) -> None:
     assert meta.logit_scale == pytest.approx(model.logit_scale.item(), abs=0)
     assert meta.logit_bias == pytest.approx(model.logit_bias.item(), abs=0)
     with torch.no_grad():
-        image = model.get_image_features(pixel_values=torch.zeros(1, 3, 256, 256))
-        text = model.get_text_features(input_ids=torch.ones(1, 64, dtype=torch.long))
+        image = features(model.get_image_features(pixel_values=torch.zeros(1, 3, 256, 256)))
+        text = features(model.get_text_features(input_ids=torch.ones(1, 64, dtype=torch.long)))
     assert meta.embedding_dim == image.shape[-1] == text.shape[-1]
     assert meta.image_size == model.config.vision_config.image_size == 256
     assert meta.text_length == model.config.text_config.max_position_embeddings == 64
@@ -194,3 +200,45 @@ def test_base_architecture_has_203m_parameters() -> None:
     assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (768, 12, 32000)
     assert (vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size) == (
         768, 12, 3072)
+
+
+_OTHER_MAJOR = """
+import json, sys
+import torch, transformers
+from transformers import SiglipModel, SiglipProcessor
+path, texts = sys.argv[1], json.loads(sys.argv[2])
+processor = SiglipProcessor.from_pretrained(path)
+model = SiglipModel.from_pretrained(path).eval()
+ids = processor(text=texts, padding="max_length", max_length=64, truncation=True,
+                return_tensors="pt")["input_ids"]
+with torch.no_grad():
+    logits = model(input_ids=ids, pixel_values=torch.zeros(1, 3, 256, 256)).logits_per_image
+print(json.dumps({"version": transformers.__version__, "ids": ids.tolist(),
+                  "logits": logits.tolist()}))
+"""
+
+
+def test_checkpoint_loads_under_the_other_transformers_major(tiny_checkpoint: Path) -> None:
+    """A checkpoint made under one major loads under the other and gives the same ids and
+    logits: SiglipProcessor.save_pretrained of 5.x wrote a tokenizer that 4.57 cannot load,
+    so make-checkpoint writes those files itself. The other major's interpreter comes from
+    $SIGLIP_TEST_OTHER_PYTHON (scripts/test_transformers5.sh sets it to .venv's)."""
+    other = os.environ.get("SIGLIP_TEST_OTHER_PYTHON")
+    if not other:
+        pytest.skip("SIGLIP_TEST_OTHER_PYTHON is not set")
+    texts = ["a photo of a dog", "A Photo, of a DOG!", "label with </s> inside", ""]
+    out = subprocess.run([other, "-c", _OTHER_MAJOR, str(tiny_checkpoint), json.dumps(texts)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    import transformers
+
+    assert theirs["version"].split(".")[0] != transformers.__version__.split(".")[0]
+    processor = SiglipProcessor.from_pretrained(tiny_checkpoint)
+    model = SiglipModel.from_pretrained(tiny_checkpoint).eval()
+    ids = processor(text=texts, padding="max_length", max_length=64, truncation=True,
+                    return_tensors="pt")["input_ids"]
+    assert ids.tolist() == theirs["ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=torch.zeros(1, 3, 256, 256)).logits_per_image
+    np.testing.assert_allclose(logits.numpy(), np.array(theirs["logits"]), rtol=0, atol=1e-5)

@@ -16,6 +16,7 @@ import imagegen
 import numpy as np
 import pytest
 import pytest_asyncio
+from hf_reference import siglip_processor
 from PIL import Image
 
 from gateway.client import SiglipClient
@@ -45,11 +46,11 @@ def _images() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
     import torch
-    from transformers import SiglipModel, SiglipProcessor
+    from transformers import SiglipModel
     from transformers.image_utils import load_image
 
     model = SiglipModel.from_pretrained(tiny_checkpoint).eval()
-    processor = SiglipProcessor.from_pretrained(tiny_checkpoint)
+    processor = siglip_processor(tiny_checkpoint)
 
     def run(images: list[bytes], texts: list[str]):
         pil = [load_image(Image.open(io.BytesIO(b))) for b in images]

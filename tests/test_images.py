@@ -1,4 +1,6 @@
-"""Image preprocessing against the reference: load_image + SiglipImageProcessor (Pillow).
+"""Image preprocessing against the reference: load_image + SigLIP's Pillow image processor
+(``SiglipImageProcessor`` in transformers 4.x, ``SiglipImageProcessorPil`` in 5.x, converting
+no colours after load_image: see tests/hf_reference.py).
 
 Compared as uint8 before rescale/normalize: the strictest check, since the float pipeline is a
 per-pixel function of these bytes (test_float_pipeline_starts_from_our_bytes shows it).
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import imagegen as g
 import numpy as np
 import pytest
+from hf_reference import channels_last, image_processor
 from PIL import Image, ImageFile, WebPImagePlugin
 
 import gateway.core
@@ -40,11 +43,8 @@ FIELD = "images[3]"
 
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
-    """The checkpoint's own (slow, Pillow) image processor, rescale and normalize off."""
-    from transformers import SiglipImageProcessor
-
-    proc = SiglipImageProcessor.from_pretrained(str(tiny_checkpoint), do_rescale=False,
-                                                do_normalize=False)
+    """The checkpoint's own Pillow image processor, rescale and normalize off."""
+    proc = image_processor(str(tiny_checkpoint), do_rescale=False, do_normalize=False)
     assert proc.size == {"height": 256, "width": 256}
     assert proc.resample == Image.Resampling.BICUBIC
     return proc
@@ -55,8 +55,7 @@ def reference_encoded(proc, data: bytes, *, explicit_channels: bool = True) -> n
 
     kwargs = {"input_data_format": "channels_last"} if explicit_channels else {}
     image = load_image(Image.open(io.BytesIO(data)))
-    return proc(image, return_tensors="np", data_format="channels_last", **kwargs)[
-        "pixel_values"][0]
+    return channels_last(proc(image, return_tensors="np", **kwargs)["pixel_values"])[0]
 
 
 @pytest.mark.parametrize("case", sorted(g.VALID_CASES))
@@ -83,10 +82,9 @@ def test_exif_orientation_is_applied():
 
 def test_float_pipeline_starts_from_our_bytes(tiny_checkpoint):
     """The full processor on the original equals the full processor on our uint8 output."""
-    from transformers import SiglipImageProcessor
     from transformers.image_utils import load_image
 
-    full = SiglipImageProcessor.from_pretrained(str(tiny_checkpoint))
+    full = image_processor(str(tiny_checkpoint))
     for data in (g.photo_jpeg(), g.png_rgba(), g.exif_jpeg(6)):
         ours = preprocess_encoded(data, field=FIELD, limits=LIMITS)
         want = full(load_image(Image.open(io.BytesIO(data))), return_tensors="np")["pixel_values"]
@@ -102,8 +100,8 @@ def test_raw_matches_reference(reference, wh):
     pixels = g.photo_array(width, height, seed=30)
     ours = preprocess_raw(pixels.tobytes(), width, height, field=FIELD, limits=LIMITS)
     assert ours.dtype == np.uint8 and ours.shape == (256, 256, 3) and ours.flags.c_contiguous
-    ref = reference(pixels, return_tensors="np", data_format="channels_last",
-                    input_data_format="channels_last")["pixel_values"][0]
+    ref = channels_last(reference(pixels, return_tensors="np",
+                                  input_data_format="channels_last")["pixel_values"])[0]
     np.testing.assert_array_equal(ours, ref)
     if wh == (256, 256):
         # The reference's resize leaves a 256x256 image alone, so skipping it is exact.

@@ -21,6 +21,7 @@ from k8s_render import (
     get,
     of_kind,
     render,
+    triton_workload,
 )
 
 
@@ -102,7 +103,9 @@ def test_queue_time_target_above_batcher_delay(docs: list[Obj]) -> None:
     delays = batcher_delays_us()
     if not delays:
         pytest.skip("no max_queue_delay_microseconds in model_repository/*/config.pbtxt")
-    target = scaling_target(docs, TRITON, "siglip_triton_queue_time_us_per_request",
+    # The Triton Deployment's autoscaler, or the gateway's when Triton is its sidecar.
+    target = scaling_target(docs, triton_workload(docs)["metadata"]["name"],
+                            "siglip_triton_queue_time_us_per_request",
                             "nv_inference_queue_duration_us")
     # At low load every request may wait the full batcher delay: a target at or below it
     # would scale out an idle service.

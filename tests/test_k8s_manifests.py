@@ -23,11 +23,13 @@ from k8s_render import (
     OVERLAYS,
     TRITON,
     Obj,
+    colocated,
     components_of,
     configmap,
     container,
     env_of,
     get,
+    init_steps,
     of_kind,
     pod_labels,
     pod_spec,
@@ -35,13 +37,16 @@ from k8s_render import (
     render,
     selects,
     triton_arg,
+    triton_container,
+    triton_port_names,
+    triton_workload,
 )
 
 # --- structure ------------------------------------------------------------------------------
 
 
 def test_overlays_exist() -> None:
-    assert {"gpu", "cpu"} <= set(OVERLAYS)
+    assert {"gpu", "cpu", "gpu-colocated"} <= set(OVERLAYS)
 
 
 def test_everything_in_the_overlay_namespace(docs: list[Obj]) -> None:
@@ -55,7 +60,8 @@ def test_everything_in_the_overlay_namespace(docs: list[Obj]) -> None:
 
 def test_every_deployment_has_a_pdb(docs: list[Obj]) -> None:
     deployments = of_kind(docs, "Deployment")
-    assert {d["metadata"]["name"] for d in deployments} == {GATEWAY, TRITON}
+    expected = {GATEWAY} if colocated(docs) else {GATEWAY, TRITON}
+    assert {d["metadata"]["name"] for d in deployments} == expected
     for dep in deployments:
         pdbs = [p for p in of_kind(docs, "PodDisruptionBudget")
                 if p["apiVersion"] == "policy/v1"
@@ -71,7 +77,8 @@ def test_every_deployment_has_a_pdb(docs: list[Obj]) -> None:
 
 def test_readiness_differs_from_liveness(docs: list[Obj]) -> None:
     for dep in of_kind(docs, "Deployment"):
-        for c in pod_spec(dep)["containers"]:
+        sidecars = [c for c in pod_spec(dep).get("initContainers", []) if c not in init_steps(dep)]
+        for c in pod_spec(dep)["containers"] + sidecars:
             assert c.get("readinessProbe") and c.get("livenessProbe"), c["name"]
             assert c["readinessProbe"] != c["livenessProbe"], c["name"]
 
@@ -98,7 +105,7 @@ def test_gateway_ports_match_settings(docs: list[Obj]) -> None:
 
 
 def test_triton_probes(docs: list[Obj]) -> None:
-    tr = container(get(docs, "Deployment", TRITON), "triton")
+    tr = triton_container(triton_workload(docs))
     assert tr["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert tr["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     startup = tr["startupProbe"]
@@ -110,13 +117,13 @@ def test_triton_probes(docs: list[Obj]) -> None:
 
 
 def test_triton_server_flags(docs: list[Obj]) -> None:
-    triton = get(docs, "Deployment", TRITON)
-    args = container(triton, "triton")["args"]
+    triton = triton_workload(docs)
+    args = triton_container(triton)["args"]
     assert args[0] == "tritonserver"
     assert triton_arg(triton, "--model-repository") == "/models"
     assert triton_arg(triton, "--strict-readiness") == "true"
     assert triton_arg(triton, "--exit-on-error") == "true"
-    ports = {p["name"]: p["containerPort"] for p in container(triton, "triton")["ports"]}
+    ports = triton_port_names(triton_container(triton))
     assert ports == {"http": int(triton_arg(triton, "--http-port")),
                      "grpc": int(triton_arg(triton, "--grpc-port")),
                      "metrics": int(triton_arg(triton, "--metrics-port"))}
@@ -138,7 +145,7 @@ def test_triton_flags_exist_in_triton_2_51() -> None:
     known = set(re.findall(r"^\s+(--[a-z0-9-]+)", proc.stdout + proc.stderr, re.M))
     assert "--model-repository" in known, "could not read tritonserver --help"
     for overlay in OVERLAYS:
-        args = container(get(render(overlay), "Deployment", TRITON), "triton")["args"][1:]
+        args = triton_container(triton_workload(render(overlay)))["args"][1:]
         assert {a.split("=", 1)[0] for a in args} <= known, overlay
 
 
@@ -151,29 +158,78 @@ def test_gateway_grace_covers_prestop_and_drain(docs: list[Obj]) -> None:
 
 
 def test_triton_grace_covers_prestop_and_exit_timeout(docs: list[Obj]) -> None:
-    dep = get(docs, "Deployment", TRITON)
+    dep = triton_workload(docs)
     exit_timeout = int(triton_arg(dep, "--exit-timeout-secs"))
-    tr = container(dep, "triton")
+    tr = triton_container(dep)
+    grace = pod_spec(dep)["terminationGracePeriodSeconds"]
+    if colocated(docs):
+        # A sidecar gets SIGTERM only once the gateway has drained and exited; no one else
+        # calls it, so it needs no preStop pause, but the grace period covers both in turn.
+        gw = container(dep, "gateway")
+        drain = float(env_of(docs, gw)["SIGLIP_SHUTDOWN_GRACE_S"])
+        assert grace > prestop_seconds(gw) + drain + prestop_seconds(tr) + exit_timeout
+        return
     assert prestop_seconds(tr) > 0
-    assert pod_spec(dep)["terminationGracePeriodSeconds"] > prestop_seconds(tr) + exit_timeout
+    assert grace > prestop_seconds(tr) + exit_timeout
 
 
 def test_triton_has_memory_dev_shm(docs: list[Obj]) -> None:
-    dep = get(docs, "Deployment", TRITON)
-    (mount,) = [m for m in container(dep, "triton")["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    dep = triton_workload(docs)
+    (mount,) = [m for m in triton_container(dep)["volumeMounts"] if m["mountPath"] == "/dev/shm"]
     (vol,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == mount["name"]]
     assert vol["emptyDir"]["medium"] == "Memory"
     assert vol["emptyDir"]["sizeLimit"]
+    if colocated(docs):  # the gateway's tensor regions live there too
+        gw_mounts = container(dep, "gateway")["volumeMounts"]
+        assert {"name": mount["name"], "mountPath": "/dev/shm"} in gw_mounts
+
+
+def test_colocated_gateway_uses_shared_memory_over_loopback(docs: list[Obj]) -> None:
+    env = env_of(docs, container(get(docs, "Deployment", GATEWAY), "gateway"))
+    if not colocated(docs):
+        assert env.get("SIGLIP_TRITON_SHM", "auto") != "on"  # Triton is on other hosts
+        return
+    dep = triton_workload(docs)
+    assert env["SIGLIP_TRITON_URL"] == f"localhost:{triton_arg(dep, '--grpc-port')}"
+    assert env["SIGLIP_TRITON_SHM"] == "on"
+    assert triton_arg(dep, "--grpc-address") == "127.0.0.1"
+    # Same uid in both containers: the gateway's regions are mode 0600.
+    users = {c.get("securityContext", {}).get("runAsUser", pod_spec(dep)["securityContext"][
+        "runAsUser"]) for c in (container(dep, "gateway"), triton_container(dep))}
+    assert len(users) == 1
+    # The sidecar starts after the checkpoint is in place.
+    names = [c["name"] for c in pod_spec(dep)["initContainers"]]
+    assert names.index("checkpoint") < names.index("triton")
+
+
+def test_colocated_triton_matches_the_standalone_one() -> None:
+    """The sidecar is written out in components/colocated: keep it equal to the standalone
+    Triton of the gpu overlay (image, flags, environment, resources, probes' paths)."""
+    if "gpu-colocated" not in OVERLAYS:
+        pytest.skip("no gpu-colocated overlay")
+    side = triton_container(triton_workload(render("gpu-colocated")))
+    alone_docs = render("gpu")
+    alone = triton_container(get(alone_docs, "Deployment", TRITON))
+    assert side["image"] == alone["image"]
+    assert [a for a in side["args"] if not a.startswith("--grpc-address=")] == alone["args"]
+    assert side["env"] == alone["env"] and side["envFrom"] == alone["envFrom"]
+    assert side["resources"] == alone["resources"]
+    assert side["securityContext"] == alone["securityContext"]
+    assert triton_port_names(side) == triton_port_names(alone)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        strip = [dict(side[probe], httpGet={**side[probe]["httpGet"], "port": None}),
+                 dict(alone[probe], httpGet={**alone[probe]["httpGet"], "port": None})]
+        assert strip[0] == strip[1], probe
 
 
 # --- GPU vs CPU ----------------------------------------------------------------------------
 
 
 def test_gpu_only_where_asked(overlay: str, docs: list[Obj]) -> None:
-    triton = container(get(docs, "Deployment", TRITON), "triton")
-    if "triton-gpu" in components_of(overlay):
+    triton = triton_container(triton_workload(docs))
+    if {"triton-gpu", "colocated"} & set(components_of(overlay)):
         assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
-        spec = pod_spec(get(docs, "Deployment", TRITON))
+        spec = pod_spec(triton_workload(docs))
         assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     else:
         assert "nvidia.com/gpu" not in yaml.safe_dump_all(docs)
@@ -191,8 +247,9 @@ def test_gpu_overlay_requests_gpu_and_cpu_overlay_does_not() -> None:
 
 
 def test_services(docs: list[Obj]) -> None:
-    expected = {"siglip-gateway-headless": (GATEWAY, "None"), "siglip-gateway": (GATEWAY, None),
-                "siglip-triton-headless": (TRITON, "None")}
+    expected = {"siglip-gateway-headless": (GATEWAY, "None"), "siglip-gateway": (GATEWAY, None)}
+    if not colocated(docs):
+        expected["siglip-triton-headless"] = (TRITON, "None")
     assert {s["metadata"]["name"] for s in of_kind(docs, "Service")} == set(expected)
     for svc in of_kind(docs, "Service"):
         dep_name, cluster_ip = expected[svc["metadata"]["name"]]
@@ -206,6 +263,8 @@ def test_services(docs: list[Obj]) -> None:
 
 
 def test_gateway_reaches_triton_through_headless_dns(docs: list[Obj]) -> None:
+    if colocated(docs):
+        pytest.skip("Triton is in the gateway's pod (test_colocated_gateway_uses_...)")
     svc = get(docs, "Service", "siglip-triton-headless")
     grpc = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
     url = env_of(docs, container(get(docs, "Deployment", GATEWAY), "gateway"))["SIGLIP_TRITON_URL"]
@@ -216,9 +275,8 @@ def test_gateway_reaches_triton_through_headless_dns(docs: list[Obj]) -> None:
 def test_checkpoint_named_once_and_mounted(docs: list[Obj]) -> None:
     model_cm = configmap(docs, "siglip-model")
     model_dir = model_cm["data"]["SIGLIP_MODEL"]
-    for name, main in ((GATEWAY, "gateway"), (TRITON, "triton")):
-        dep = get(docs, "Deployment", name)
-        c = container(dep, main)
+    gateway, triton = get(docs, "Deployment", GATEWAY), triton_workload(docs)
+    for dep, c in ((gateway, container(gateway, "gateway")), (triton, triton_container(triton))):
         refs = [s["configMapRef"]["name"] for s in c["envFrom"]]
         assert model_cm["metadata"]["name"] in refs
         assert "SIGLIP_MODEL" not in {e["name"] for e in c.get("env", [])}
@@ -226,7 +284,7 @@ def test_checkpoint_named_once_and_mounted(docs: list[Obj]) -> None:
         assert all("SIGLIP_MODEL" not in o.get("data", {}) for o in others)
         (mount,) = [m for m in c["volumeMounts"] if model_dir.startswith(m["mountPath"] + "/")]
         assert mount["readOnly"] is True
-        (init,) = pod_spec(dep)["initContainers"]
+        (init,) = init_steps(dep)
         assert any(m["name"] == mount["name"] for m in init["volumeMounts"])
         assert env_of(docs, init)["SIGLIP_MODEL"] == model_dir
 
@@ -242,7 +300,7 @@ def test_pvc_component(overlay: str, docs: list[Obj]) -> None:
         (vol,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "checkpoint"]
         assert vol == {"name": "checkpoint", "persistentVolumeClaim": {
             "claimName": "siglip-checkpoint", "readOnly": True}}
-        (init,) = pod_spec(dep)["initContainers"]
+        (init,) = init_steps(dep)
         assert init["args"] == ["--wait"]
     job = get(docs, "Job", "siglip-checkpoint-fetch")
     (vol,) = [v for v in pod_spec(job)["volumes"] if v["name"] == "checkpoint"]
@@ -255,5 +313,10 @@ def test_podmonitors_scrape_named_metrics_ports(docs: list[Obj]) -> None:
         mine = [m for m in monitors if selects(m["spec"]["selector"], pod_labels(dep))]
         assert len(mine) == 1, dep["metadata"]["name"]
         ports = {p["name"] for c in pod_spec(dep)["containers"] for p in c["ports"]}
-        assert [e["port"] for e in mine[0]["spec"]["podMetricsEndpoints"]] == ["metrics"]
-        assert "metrics" in ports
+        endpoints = [e["port"] for e in mine[0]["spec"]["podMetricsEndpoints"]]
+        if dep["metadata"]["name"] == GATEWAY and colocated(docs):
+            ports |= {p["name"] for p in triton_container(dep)["ports"]}
+            assert endpoints == ["metrics", "triton-metrics"]
+        else:
+            assert endpoints == ["metrics"]
+        assert set(endpoints) <= ports

@@ -13,6 +13,7 @@ from k8s_render import (
     TRITON,
     Obj,
     all_containers,
+    colocated,
     container,
     env_of,
     get,
@@ -20,6 +21,9 @@ from k8s_render import (
     pod_labels,
     pod_spec,
     selects,
+    triton_container,
+    triton_port_names,
+    triton_workload,
     workloads,
 )
 
@@ -66,6 +70,15 @@ def ingress_rules_for_port(policy: Obj, port_name: str, port_number: int) -> lis
 
 
 def test_triton_grpc_only_from_gateway_pods(docs: list[Obj]) -> None:
+    if colocated(docs):
+        # Triton is in the gateway's pod: no policy may open its ports to other pods.
+        pod = triton_workload(docs)
+        ports = triton_port_names(triton_container(pod))
+        for policy in of_kind(docs, "NetworkPolicy"):
+            if selects(policy["spec"]["podSelector"], pod_labels(pod)):
+                for role in ("grpc", "http"):
+                    assert not ingress_rules_for_port(policy, f"triton-{role}", ports[role])
+        return
     triton, gateway = get(docs, "Deployment", TRITON), get(docs, "Deployment", GATEWAY)
     grpc = next(p["containerPort"] for p in container(triton, "triton")["ports"]
                 if p["name"] == "grpc")
@@ -86,13 +99,19 @@ def test_triton_grpc_only_from_gateway_pods(docs: list[Obj]) -> None:
 
 
 def test_metrics_ports_only_from_prometheus(docs: list[Obj]) -> None:
+    checked = []
     for dep in of_kind(docs, "Deployment"):
         main = pod_spec(dep)["containers"][0]
-        metrics = next(p["containerPort"] for p in main["ports"] if p["name"] == "metrics")
+        ports = [("metrics", next(p["containerPort"] for p in main["ports"]
+                                  if p["name"] == "metrics"))]
+        if dep["metadata"]["name"] == GATEWAY and colocated(docs):
+            ports.append(("triton-metrics", triton_port_names(triton_container(dep))["metrics"]))
+        checked += [(dep, name, number) for name, number in ports]
+    for dep, name, number in checked:
         policies = [p for p in of_kind(docs, "NetworkPolicy")
                     if selects(p["spec"]["podSelector"], pod_labels(dep))]
-        rules = [r for p in policies for r in ingress_rules_for_port(p, "metrics", metrics)]
-        assert rules, dep["metadata"]["name"]
+        rules = [r for p in policies for r in ingress_rules_for_port(p, name, number)]
+        assert rules, (dep["metadata"]["name"], name)
         for rule in rules:
             for peer in rule["from"]:
                 assert peer["namespaceSelector"]["matchLabels"] == {

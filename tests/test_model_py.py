@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import json_format, text_format
-from transformers import SiglipImageProcessor, SiglipModel, SiglipTokenizer
+from hf_reference import features, image_processor
+from transformers import SiglipModel, SiglipTokenizer
 from tritonclient.grpc import model_config_pb2
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -183,15 +184,15 @@ def _pixels(rows: int, seed: int) -> np.ndarray:
 
 def _image_reference(checkpoint: Path, model: SiglipModel, pixels: np.ndarray) -> np.ndarray:
     # The checkpoint's own image processor does rescale + normalize (no resize: already 256).
-    processor = SiglipImageProcessor.from_pretrained(checkpoint)
+    processor = image_processor(checkpoint)
     batch = processor(images=list(pixels), do_resize=False, return_tensors="pt")
     with torch.no_grad():
-        return model.get_image_features(pixel_values=batch["pixel_values"]).numpy()
+        return features(model.get_image_features(pixel_values=batch["pixel_values"])).numpy()
 
 
 def _text_reference(model: SiglipModel, ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model.get_text_features(input_ids=torch.from_numpy(ids)).numpy()
+        return features(model.get_text_features(input_ids=torch.from_numpy(ids))).numpy()
 
 
 def _token_ids(checkpoint: Path, texts: list[str]) -> np.ndarray:

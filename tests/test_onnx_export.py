@@ -24,6 +24,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 from google.protobuf import text_format  # noqa: E402
+from hf_reference import features, image_processor  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 from gateway.onnx_export import export_onnx_repository, main  # noqa: E402
@@ -58,20 +59,20 @@ def exported(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def reference(tiny_checkpoint: Path):
     """name -> function(contract input array) -> PyTorch reference embeddings."""
     import torch
-    from transformers import AutoImageProcessor, SiglipModel
+    from transformers import SiglipModel
 
     model = SiglipModel.from_pretrained(tiny_checkpoint).eval()
-    processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
+    processor = image_processor(tiny_checkpoint)
 
     def image(pixels: np.ndarray) -> np.ndarray:
         # The processor's rescale and normalize; the contract's pixels are already resized.
         x = processor(images=list(pixels), do_resize=False, return_tensors="pt").pixel_values
         with torch.inference_mode():
-            return model.get_image_features(pixel_values=x).numpy()
+            return features(model.get_image_features(pixel_values=x)).numpy()
 
     def text(ids: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model.get_text_features(input_ids=torch.from_numpy(ids)).numpy()
+            return features(model.get_text_features(input_ids=torch.from_numpy(ids))).numpy()
 
     return {"siglip_vision": image, "siglip_text": text}
 

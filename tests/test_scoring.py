@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_reference import features
 
 from gateway.core.images import ImageLimits, preprocess_encoded
 from gateway.core.scoring import l2_normalize, score, sigmoid, top_k
@@ -37,8 +38,8 @@ def test_score_matches_siglip_model(model, tiny_checkpoint):
     pixel_values = _pixel_values(arrays)
     with torch.no_grad():
         out = model(input_ids=input_ids, pixel_values=pixel_values)
-        image_raw = model.get_image_features(pixel_values=pixel_values).numpy()
-        text_raw = model.get_text_features(input_ids=input_ids).numpy()
+        image_raw = features(model.get_image_features(pixel_values=pixel_values)).numpy()
+        text_raw = features(model.get_text_features(input_ids=input_ids)).numpy()
     scale, bias = model.logit_scale.item(), model.logit_bias.item()
     # The checkpoint's scale is not the identity, so a missing exp() would show.
     assert abs(np.exp(scale) - 1.0) > 0.5

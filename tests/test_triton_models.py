@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from hf_reference import features
 from tritonclient.utils import InferenceServerException
 
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
@@ -35,11 +36,11 @@ def reference(tiny_checkpoint):
         x = (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         with torch.inference_mode():
-            return model.get_image_features(pixel_values=x).numpy()
+            return features(model.get_image_features(pixel_values=x)).numpy()
 
     def text_features(ids: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model.get_text_features(input_ids=torch.from_numpy(ids)).numpy()
+            return features(model.get_text_features(input_ids=torch.from_numpy(ids))).numpy()
 
     return image_features, text_features, model.config.text_config.vocab_size
 

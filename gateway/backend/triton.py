@@ -1,8 +1,10 @@
 """The Triton adapter: the only module that speaks to Triton.
 
 One ``tritonclient.grpc.aio`` client per process, reused by every request. Tensors go
-out as uint8 pixels and int64 token ids; embeddings come back as float32. Triton's
-errors are parsed once, here, into the gateway's typed errors.
+out as uint8 pixels and int64 token ids; embeddings come back as float32. With a Triton on
+this host they travel through system shared memory (``shm.py``), else inside the gRPC
+messages; JPEG bytes (BYTES) always go over gRPC. Triton's errors are parsed once, here,
+into the gateway's typed errors.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from gateway.backend.shm import Region, ShmPool, answered_by_triton, region_unknown, status_code
 from gateway.core.errors import (
     BackendError,
     BackendRejected,
@@ -66,14 +69,27 @@ class TritonBackend:
     """Embeds pixels and token ids with the SigLIP towers hosted by Triton."""
 
     def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float,
-                 models: tuple[str, ...] = MODELS) -> None:
+                 models: tuple[str, ...] = MODELS, shm_max_bytes: int | None = None,
+                 embedding_dim: int | None = None) -> None:
+        """``shm_max_bytes`` (with ``embedding_dim``): move tensors through up to that many
+        bytes of shared memory; None: inside the gRPC messages."""
         self.url = url
         self.models = models  # what ready() requires
         self._default_timeout_s = default_timeout_s
         self._client = triton_aio.InferenceServerClient(
             url, channel_args=channel_args(max_message_bytes))
+        self.shm: ShmPool | None = None
+        if shm_max_bytes is not None:
+            if embedding_dim is None:
+                raise ValueError("shared memory needs the embedding size")
+            self.shm = ShmPool(self._client, max_bytes=shm_max_bytes)
+            log.info("tensors to Triton through shared memory (up to %d MiB), else gRPC",
+                     shm_max_bytes >> 20)
+        self._out_row = 4 * (embedding_dim or 0)  # float32 embeddings
 
     async def close(self) -> None:
+        if self.shm is not None:
+            await self.shm.close()
         await self._client.close()
 
     async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
@@ -120,6 +136,18 @@ class TritonBackend:
 
     async def _infer_chunk(self, model: str, input_name: str, output_name: str,
                            array: np.ndarray, datatype: str, deadline: float | None) -> np.ndarray:
+        if self.shm is not None and datatype != "BYTES":
+            in_row = array.nbytes // max(1, len(array))
+            for _ in range(2):
+                region = await self.shm.checkout(len(array), in_row, self._out_row)
+                if region is None:
+                    break
+                try:
+                    return await self._infer_shm(model, input_name, output_name, array,
+                                                 datatype, deadline, region)
+                except _RegionUnknown:
+                    # Triton restarted and forgot every registration: register afresh, once.
+                    self.shm.forget()
         tensor = InferInput(input_name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         timeout_s = self._remaining(deadline)
@@ -130,11 +158,52 @@ class TritonBackend:
         except InferenceServerException as exc:
             raise _translate(exc, model) from None
         out = result.as_numpy(output_name)
-        if out is None or out.shape[0] != array.shape[0]:
-            log.error("%s returned %s rows for %s inputs", model,
-                      None if out is None else out.shape, array.shape[0])
-            raise BackendError("inference failed")
+        self._check_rows(model, None if out is None else out.shape, len(array))
+        assert out is not None
         return out.astype(np.float32, copy=False)
+
+    async def _infer_shm(self, model: str, input_name: str, output_name: str,
+                         array: np.ndarray, datatype: str, deadline: float | None,
+                         region: Region) -> np.ndarray:
+        """One call with input and output in ``region``, which goes back to the pool on every
+        path; reusable only if Triton answered (see shm.py for why)."""
+        assert self.shm is not None
+        reusable = True  # until the call goes out, Triton has not seen this region
+        try:
+            timeout_s = self._remaining(deadline)
+            region.write(array)  # the only copy of the rows on this side
+            tensor = InferInput(input_name, list(array.shape), datatype)
+            tensor.set_shared_memory(region.name, array.nbytes)
+            output = InferRequestedOutput(output_name)
+            output.set_shared_memory(region.name, len(array) * self._out_row,
+                                     region.output_offset)
+            reusable = False
+            try:
+                result = await self._client.infer(model, [tensor], outputs=[output],
+                                                  client_timeout=timeout_s)
+            except InferenceServerException as exc:
+                reusable = answered_by_triton(exc)
+                if region_unknown(exc):
+                    raise _RegionUnknown from None
+                raise _translate(exc, model) from None
+            reusable = True
+            meta = result.get_output(output_name)
+            shape = None if meta is None else tuple(meta.shape)
+            self._check_rows(model, shape, len(array))
+            assert shape is not None
+            if shape[1] * 4 != self._out_row:
+                log.error("%s returned %s, expected %d floats per row", model, shape,
+                          self._out_row // 4)
+                raise BackendError("inference failed")
+            return region.read(shape, np.dtype(np.float32))
+        finally:
+            self.shm.release(region, reusable=reusable)
+
+    @staticmethod
+    def _check_rows(model: str, shape: tuple[int, ...] | None, rows: int) -> None:
+        if shape is None or len(shape) != 2 or shape[0] != rows:
+            log.error("%s returned %s for %s inputs", model, shape, rows)
+            raise BackendError("inference failed")
 
     def _remaining(self, deadline: float | None) -> float:
         if deadline is None:
@@ -145,9 +214,13 @@ class TritonBackend:
         return min(remaining, self._default_timeout_s)
 
 
+class _RegionUnknown(Exception):
+    """Triton did not know the shared memory region of a call."""
+
+
 def _translate(exc: InferenceServerException, model: str) -> GatewayError:
     """Triton's status (a string like "StatusCode.UNAVAILABLE") → a typed error."""
-    status = (exc.status() or "").rpartition(".")[2]
+    status = status_code(exc)
     log.warning("Triton %s failed: %s %s", model, status or "-", exc.message())
     if status == "UNAVAILABLE":
         return BackendUnavailable("inference server unavailable")

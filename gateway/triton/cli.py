@@ -1,4 +1,4 @@
-"""`python -m gateway.triton.launcher`: the embedded Triton in the foreground.
+"""`python -m gateway.triton`: the embedded Triton in the foreground.
 
 For debugging the model repository and for benchmarks against Triton alone. Prints the URLs
 once both models are ready; exits 0 on SIGINT/SIGTERM, 1 if Triton fails or dies.
@@ -17,7 +17,7 @@ from gateway.triton.launcher import EmbeddedTriton, TritonState
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.triton.launcher",
+    parser = argparse.ArgumentParser(prog="python -m gateway.triton",
                                      description="Run the embedded Triton in the foreground.")
     parser.add_argument("--model", required=True, help="checkpoint dir or hub id (SIGLIP_MODEL)")
     parser.add_argument("--model-repository", type=Path, default=None,

@@ -1,7 +1,7 @@
 """The embedded Triton: start, readiness, supervision and stop of one tritonserver.
 
 Owns `EmbeddedTriton`: the lifecycle, with an opt-in restart of a server that died (same
-ports, backoff). Runnable: `python -m gateway.triton.launcher --model DIR` (cli.py).
+ports, backoff). Runnable: `python -m gateway.triton --model DIR` (cli.py).
 Helpers: procgroup.py (no orphans), distribution.py (the wheel's files), tritonlog.py (its
 output), errors.py (`TritonStartupError` and its message), ports.py, readiness.py.
 """
@@ -14,7 +14,6 @@ import enum
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -359,9 +358,3 @@ def _stop_all() -> None:
     for triton in list(_live):
         with contextlib.suppress(Exception):
             triton.stop(grace_s=2.0)
-
-
-if __name__ == "__main__":
-    from gateway.triton.cli import main
-
-    sys.exit(main())

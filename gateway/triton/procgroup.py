@@ -1,6 +1,7 @@
 """A child process tree that cannot outlive us: own session, death signal, watchdog.
 
-Owns the OS-level mechanics of running tritonserver: spawning it as the leader of its own
+Owns the OS-level mechanics of running tritonserver (and the gateway's worker processes,
+gateway/processes/): spawning it as the leader of its own
 session (its python-backend stubs inherit the process group), with PR_SET_PDEATHSIG so the
 kernel kills it when our process dies, and a watchdog that kills the whole group (stubs
 included) when our process dies; waiting for its exit without losing the group id to reuse;
@@ -111,8 +112,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def spawn(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> ProcessTree:
-    """Starts `argv` in its own session, stdout+stderr on a pipe, guarded against orphaning."""
+def spawn(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None, *,
+          capture_output: bool = True, pass_fds: Sequence[int] = ()) -> ProcessTree:
+    """Starts `argv` in its own session, guarded against orphaning: stdout+stderr on a pipe,
+    or (not `capture_output`) on ours; `pass_fds` are inherited."""
     prctl = _prctl()
     parent = os.getpid()
 
@@ -123,8 +126,10 @@ def spawn(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> 
             os._exit(1)
 
     proc = subprocess.Popen(
-        list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=child_setup)
+        list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture_output else None,
+        stderr=subprocess.STDOUT if capture_output else None, pass_fds=tuple(pass_fds),
+        start_new_session=True, preexec_fn=child_setup)
     # Non-inheritable pipe: no other child of ours keeps the write end open; the watchdog reads
     # it as stdin and sees EOF when we die.
     read_end, write_end = os.pipe()
