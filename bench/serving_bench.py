@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with --processes above 1, 4 per process of the largest, for every "
                         "served cell alike)")
     p.add_argument("--triton-url", help="use this Triton instead of starting the embedded one")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the served gateway, e.g. "
+                        "SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT=0 (repeatable)")
     p.add_argument("--gateway-root", type=Path,
                    help="run the served gateway from this source tree (A/B a gateway change)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per call")
@@ -103,6 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.compile and "ceiling_compiled" not in modes:
         modes.append("ceiling_compiled")
     args.mode_list = [m for m in ALL_MODES if m in modes]
+    bad_env = [e for e in args.gateway_env if "=" not in e]
+    if bad_env:
+        p.error(f"--gateway-env takes NAME=VALUE, not {bad_env}")
+    args.gateway_env_map = dict(e.split("=", 1) for e in args.gateway_env)
     try:
         processes = [int(x) for x in args.processes.split(",") if x.strip()]
     except ValueError:
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "gateway": "subprocess: python -m gateway serve --triton-url <embedded Triton>",
         "gateway_processes": args.processes, "served_connections": args.connections,
         "gateway_root": str(args.gateway_root or Path(__file__).resolve().parent.parent),
+        "gateway_env": args.gateway_env_map,
         "items": {w: WORKLOADS[w].item for w in args.workload_list},
         "log_dir": str(log_dir),
         # Other work on the machine skews every number: recorded, not corrected for.

@@ -76,7 +76,7 @@ class RemoteSide:
         for mode in (m for m in args.mode_list if is_served(m)):
             processes = served_processes(mode)
             env = {"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
-                   "SIGLIP_PROCESSES": str(processes)}
+                   "SIGLIP_PROCESSES": str(processes), **args.gateway_env_map}
             if mode == "served_shm":  # tensors through shared memory (Triton on this host)
                 env["SIGLIP_TRITON_SHM"] = "on"
             gateway = GatewayProcess(

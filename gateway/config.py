@@ -30,6 +30,9 @@ class Settings:
     # Empty: start the embedded Triton from the nvidia-pytriton wheel.
     triton_url: str = ""
     triton_timeout_s: float = 30.0
+    # Triton calls in flight per model; rows arriving meanwhile go out together as one call
+    # (gateway/backend/coalescing.py). 0: every request makes its own calls.
+    triton_max_calls_in_flight: int = 2
     triton_startup_timeout_s: float = 600.0
     # Tensors through shared memory: auto = only with the embedded Triton (same host).
     triton_shm: str = "auto"
@@ -90,6 +93,8 @@ class Settings:
                      "triton_shm_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
+        if self.triton_max_calls_in_flight < 0:
+            raise ValueError("SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT must be 0 (off) or more")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("SIGLIP_TLS_CERT and SIGLIP_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.admission import Admission
 from gateway.api.auth import BearerTokenInterceptor
 from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
+from gateway.backend.coalescing import CoalescingBackend
 from gateway.backend.triton import ENCODED_MODEL, MODELS, TritonBackend
 from gateway.config import Settings
 from gateway.core.cache import EmbeddingCache
@@ -89,8 +90,10 @@ class GatewayServer:
             shm_max_bytes=s.triton_shm_max_bytes if s.shm_enabled() else None,
             embedding_dim=self.meta.embedding_dim)
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
+        backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight)
+                   if s.triton_max_calls_in_flight else self._backend)
         engine = Engine(
-            meta=self.meta, tokenizer=tokenizer, backend=self._backend, pool=self._pool,
+            meta=self.meta, tokenizer=tokenizer, backend=backend, pool=self._pool,
             metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
             request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
             image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes),

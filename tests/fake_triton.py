@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -43,6 +44,8 @@ def fake_embeddings(rows: np.ndarray, dim: int) -> np.ndarray:
 class CallRecord:
     model: str
     rows: int
+    # The first input value of each row: tests tag rows with it to see whose rows a call held.
+    tags: tuple[int, ...] = ()
 
 
 class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
@@ -79,16 +82,19 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unexpected input {tensor.name} {tensor.datatype} {tensor.shape}")
         rows = int(tensor.shape[0])
-        record = CallRecord(model, rows)
+        array = np.frombuffer(request.raw_input_contents[0], dtype=_NP_DTYPES[dtype])
+        array = array.reshape(rows, *row_shape)
+        record = CallRecord(model, rows, tuple(int(v) for v in array.reshape(rows, -1)[:, 0]))
         fake.calls[model] += 1
+        fake.received.append(record)
         fake.in_progress += 1
         try:
             if fake.delay_s > 0:
                 await asyncio.sleep(fake.delay_s)
-            if fake.error is not None:
-                await context.abort(fake.error, fake.error_message)
-            array = np.frombuffer(request.raw_input_contents[0], dtype=_NP_DTYPES[dtype])
-            embeds = fake_embeddings(array.reshape(rows, *row_shape), fake.dim)
+            error = fake.error if fake.fail_when is None else fake.fail_when(array)
+            if error is not None:
+                await context.abort(error, fake.error_message)
+            embeds = fake_embeddings(array, fake.dim)
         except asyncio.CancelledError:
             # The client cancelled (or its deadline passed): grpc cancels this handler.
             fake.cancelled.append(record)
@@ -104,8 +110,9 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
 
 class FakeTriton:
     """Knobs (change them any time): ``delay_s``, ``error`` (a StatusCode or None),
-    ``error_message``, ``ready``. Records: ``calls``, ``completed``, ``cancelled``,
-    ``in_progress``, ``ready_checks``."""
+    ``fail_when`` (instead of ``error``: the call's input rows → a StatusCode or None),
+    ``error_message``, ``ready``. Records: ``calls``, ``received`` (every call, in arrival
+    order), ``completed``, ``cancelled``, ``in_progress``, ``ready_checks``."""
 
     def __init__(self, dim: int, *, delay_s: float = 0.0, ready: bool = True) -> None:
         self.dim = dim
@@ -113,8 +120,10 @@ class FakeTriton:
         self.ready = ready
         self.error: grpc.StatusCode | None = None
         self.error_message = "injected failure"
+        self.fail_when: Callable[[np.ndarray], grpc.StatusCode | None] | None = None
         self.calls: collections.Counter[str] = collections.Counter()
         self.completed: collections.Counter[str] = collections.Counter()
+        self.received: list[CallRecord] = []
         self.cancelled: list[CallRecord] = []
         self.in_progress = 0
         self.ready_checks = 0
@@ -152,8 +161,13 @@ class FakeTriton:
             await self._server.stop(grace_s)
             self._server = None
 
+    def rows(self, model: str) -> int:
+        """Rows received for ``model`` (calls count less once the gateway coalesces them)."""
+        return sum(r.rows for r in self.received if r.model == model)
+
     def reset_counters(self) -> None:
         self.calls.clear()
+        self.received.clear()
         self.completed.clear()
         self.cancelled.clear()
         self.ready_checks = 0

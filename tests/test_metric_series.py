@@ -58,7 +58,7 @@ async def test_random_labels_do_not_grow_metric_series(tiny_checkpoint, fake):
         before = metrics.series_count()
         scraped_before = await asyncio.to_thread(_scrape, gw.metrics_port)
         assert before > 50 and len(scraped_before) > 50
-        text_calls = fake.calls[TEXT_MODEL]
+        text_rows = fake.rows(TEXT_MODEL)
 
         codes: dict[str, int] = {}
 
@@ -80,7 +80,7 @@ async def test_random_labels_do_not_grow_metric_series(tiny_checkpoint, fake):
         await asyncio.gather(*(worker(CALLS // CONCURRENCY, s) for s in range(CONCURRENCY)))
         assert sum(codes.values()) == CALLS // CONCURRENCY * CONCURRENCY
         assert codes.keys() == {"OK", "INVALID_ARGUMENT"}, codes
-        assert fake.calls[TEXT_MODEL] - text_calls > 500  # new labels really went through
+        assert fake.rows(TEXT_MODEL) - text_rows > 500  # new labels really went through
         assert metrics.series_count() == before
         assert await asyncio.to_thread(_scrape, gw.metrics_port) == scraped_before
         # The series do count what happened (so an unchanged count is not an idle registry).

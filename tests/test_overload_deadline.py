@@ -75,7 +75,7 @@ async def _burst(stub: pb_grpc.SiglipServiceStub, fake: FakeTriton) -> float:
         assert len(response.results) == 1 and len(response.results[0].scores) == 2
         assert elapsed >= 0.5  # they really waited for the slow upstream
     # Only the accepted calls reached Triton.
-    assert fake.calls[VISION_MODEL] == 8
+    assert fake.rows(VISION_MODEL) == 8
     return max(r[2] for r in rejected)
 
 

@@ -160,7 +160,8 @@ async def test_health_agrees_on_every_worker(tiny_checkpoint, fake, tmp_path):
 async def test_sigterm_drains_every_worker_and_leaves_no_process(tiny_checkpoint, fake,
                                                                  tmp_path):
     dirs_before = _metrics_dirs()
-    gw = await _start(tiny_checkpoint, fake, tmp_path)
+    # One Triton call per request (no coalescing), so "every call inside Triton" is exact.
+    gw = await _start(tiny_checkpoint, fake, tmp_path, SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT="0")
     assert len(_metrics_dirs() - dirs_before) == 1
     try:
         workers = gw.worker_pids()

@@ -31,8 +31,10 @@ GRACE_S = 5.0
 
 async def _start(tiny_checkpoint, fake, tmp_path, grace_s: float) -> GatewayProcess:
     fake.delay_s = 0.0
+    # One Triton call per request (no coalescing), so "calls inside Triton" is exact.
     gw = GatewayProcess(tiny_checkpoint, fake.url, tmp_path / "gateway.log",
-                        env={"SIGLIP_SHUTDOWN_GRACE_S": str(grace_s)})
+                        env={"SIGLIP_SHUTDOWN_GRACE_S": str(grace_s),
+                             "SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT": "0"})
     return await gw.start()
 
 

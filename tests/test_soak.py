@@ -77,9 +77,9 @@ async def soak(gw: GatewayProcess, n_calls: int) -> tuple[int, int]:
 async def test_soak_rss_stays_flat(tiny_checkpoint, fake, tmp_path):
     gw = await GatewayProcess(tiny_checkpoint, fake.url, tmp_path / "gateway.log").start()
     try:
-        vision_calls = fake.calls[VISION_MODEL]
+        vision_rows = fake.rows(VISION_MODEL)
         rss_mid, rss_end = await soak(gw, SOAK_CALLS)
-        assert fake.calls[VISION_MODEL] - vision_calls == SOAK_CALLS
+        assert fake.rows(VISION_MODEL) - vision_rows == SOAK_CALLS
     finally:
         gw.kill()
     growth = rss_end - rss_mid

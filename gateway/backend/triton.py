@@ -39,6 +39,12 @@ MODELS = (VISION_MODEL, TEXT_MODEL)
 # Requests above a model's max_batch_size are split into chunks of this many rows;
 # they match model_repository/*/config.pbtxt.
 MAX_ROWS = {VISION_MODEL: 64, TEXT_MODEL: 256, ENCODED_MODEL: 64}
+# model: (input name, datatype, output name), as in model_repository/*/config.pbtxt.
+TENSORS = {
+    VISION_MODEL: ("pixels", "UINT8", "image_embeds"),
+    TEXT_MODEL: ("input_ids", "INT64", "text_embeds"),
+    ENCODED_MODEL: ("images", "BYTES", "image_embeds"),
+}
 
 
 def channel_args(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -88,7 +94,7 @@ class TritonBackend:
 
     async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """(N, 256, 256, 3) uint8 → (N, D) float32, not normalized."""
-        return await self._infer(VISION_MODEL, "pixels", "image_embeds", pixels, "UINT8", deadline)
+        return await self._infer(VISION_MODEL, pixels, deadline)
 
     async def embed_encoded(self, images: list[bytes],
                             deadline: float | None = None) -> np.ndarray:
@@ -96,13 +102,11 @@ class TritonBackend:
         Raises BackendRejected when Triton could not decode one of them."""
         array = np.empty((len(images), 1), dtype=np.object_)
         array[:, 0] = images
-        return await self._infer(ENCODED_MODEL, "images", "image_embeds", array, "BYTES",
-                                 deadline)
+        return await self._infer(ENCODED_MODEL, array, deadline)
 
     async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """(N, 64) int64 → (N, D) float32, not normalized."""
-        return await self._infer(TEXT_MODEL, "input_ids", "text_embeds", input_ids, "INT64",
-                                 deadline)
+        return await self._infer(TEXT_MODEL, input_ids, deadline)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """True when Triton answers and both models are ready; never raises."""
@@ -118,13 +122,16 @@ class TritonBackend:
         stats = await self._client.get_inference_statistics(model, as_json=True)
         return stats["model_stats"][0]
 
-    async def _infer(self, model: str, input_name: str, output_name: str, array: np.ndarray,
-                     datatype: str, deadline: float | None) -> np.ndarray:
+    async def infer_chunk(self, model: str, array: np.ndarray,
+                          deadline: float | None) -> np.ndarray:
+        """One Triton call of at most ``MAX_ROWS[model]`` rows (what the coalescer sends)."""
+        input_name, datatype, output_name = TENSORS[model]
+        return await self._infer_chunk(model, input_name, output_name, array, datatype, deadline)
+
+    async def _infer(self, model: str, array: np.ndarray, deadline: float | None) -> np.ndarray:
         step = MAX_ROWS[model]
         chunks = [array[i:i + step] for i in range(0, len(array), step)]
-        results = await asyncio.gather(*(
-            self._infer_chunk(model, input_name, output_name, c, datatype, deadline)
-            for c in chunks))
+        results = await asyncio.gather(*(self.infer_chunk(model, c, deadline) for c in chunks))
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     async def _infer_chunk(self, model: str, input_name: str, output_name: str,
