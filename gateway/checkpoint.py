@@ -19,11 +19,11 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.contract import IMAGE_SIZE, TEXT_LENGTH
+
 Size = Literal["tiny", "base"]
 
-IMAGE_SIZE = 256
 PATCH_SIZE = 16
-TEXT_LENGTH = 64
 # Realistic values instead of SiglipModel's own init (log(1), 0): the SigLIP paper initializes
 # t' = log(10), b = -10, so random checkpoints give scores in the same range as real ones.
 LOGIT_SCALE_INIT = math.log(10.0)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gateway.core.images import ImageLimits
+from gateway.core.validation import RequestLimits
 from gateway.processes.cpus import default_processes, default_threads
 
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
@@ -38,11 +40,11 @@ class Settings:
     triton_shm: str = "auto"
     triton_shm_max_bytes: int = 64 * MiB
     # Limits (see README): checked before any work is done.
-    max_message_bytes: int = 32 * MiB
-    max_images: int = 64
-    max_texts: int = 256
-    max_text_chars: int = 2048
-    max_image_pixels: int = 40_000_000
+    max_message_bytes: int = ImageLimits.max_bytes
+    max_images: int = RequestLimits.max_images
+    max_texts: int = RequestLimits.max_texts
+    max_text_chars: int = RequestLimits.max_text_chars
+    max_image_pixels: int = ImageLimits.max_pixels
     # Overload: calls beyond this many in flight are rejected with RESOURCE_EXHAUSTED.
     max_in_flight: int = 64
     # Gateway processes sharing the port (0: from the CPUs, see gateway/processes/cpus.py) and

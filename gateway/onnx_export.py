@@ -27,9 +27,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-VISION, TEXT = "siglip_vision", "siglip_text"
-# name -> (input, output): the contract of model_repository/README.md.
-TENSORS = {VISION: ("pixels", "image_embeds"), TEXT: ("input_ids", "text_embeds")}
+from gateway.contract import TENSORS as CONTRACT
+from gateway.contract import TEXT_MODEL, TOWER_MODELS, VISION_MODEL
+
+VISION, TEXT = VISION_MODEL, TEXT_MODEL
+# name -> (input, output), from the one contract.
+TENSORS = {name: (CONTRACT[name][0], CONTRACT[name][2]) for name in TOWER_MODELS}
 # torch's ONNX translations (torchlib) are written for opset 18: any other opset, torch's default
 # (20) included, goes through the ONNX version converter afterwards; 18 needs none. Opset 18 has
 # LayerNormalization (TensorRT's INormalizationLayer) and loads in ONNX Runtime >= 1.14 and

@@ -24,8 +24,9 @@ from gateway.admission import Admission
 from gateway.api.auth import BearerTokenInterceptor
 from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
 from gateway.backend.coalescing import CoalescingBackend
-from gateway.backend.triton import ENCODED_MODEL, MODELS, TritonBackend
+from gateway.backend.triton import TritonBackend
 from gateway.config import Settings
+from gateway.contract import ENCODED_MODEL, TOWER_MODELS
 from gateway.core.cache import EmbeddingCache
 from gateway.core.images import ImageLimits, PreprocessMode, ensure_mode_available
 from gateway.core.model_meta import ModelMeta, load_model_meta
@@ -83,7 +84,7 @@ class GatewayServer:
         tokenizer = await asyncio.to_thread(TextTokenizer.from_pretrained, self.meta.path)
         mode = PreprocessMode(s.preprocess_mode)
         # TRITON mode also needs Triton's JPEG decoder: not ready without it.
-        models = MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
+        models = TOWER_MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
         self._backend = TritonBackend(
             self.triton_url, max_message_bytes=s.max_message_bytes,
             default_timeout_s=s.triton_timeout_s, models=models,

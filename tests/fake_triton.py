@@ -19,12 +19,12 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.grpc import service_pb2_grpc as tpb_grpc
 
-VISION_MODEL = "siglip_vision"
-TEXT_MODEL = "siglip_text"
+from gateway.contract import IMAGE_SIZE, TENSORS, TEXT_LENGTH, TEXT_MODEL, VISION_MODEL
+
 # model: (input name, input dtype, per-row input shape, output name)
 MODELS = {
-    VISION_MODEL: ("pixels", "UINT8", (256, 256, 3), "image_embeds"),
-    TEXT_MODEL: ("input_ids", "INT64", (64,), "text_embeds"),
+    model: (TENSORS[model][0], TENSORS[model][1], shape, TENSORS[model][2])
+    for model, shape in ((VISION_MODEL, (IMAGE_SIZE, IMAGE_SIZE, 3)), (TEXT_MODEL, (TEXT_LENGTH,)))
 }
 _NP_DTYPES = {"UINT8": np.uint8, "INT64": np.int64}
 

@@ -27,10 +27,11 @@ from google.protobuf import text_format  # noqa: E402
 from hf_reference import features, image_processor  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
+from gateway.contract import TOWER_MODELS  # noqa: E402
 from gateway.onnx_export import export_onnx_repository, main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("siglip_vision", "siglip_text")
+MODELS = TOWER_MODELS
 CONTRACT = {  # name -> (input, onnx element type, row shape), (output, onnx element type)
     "siglip_vision": (("pixels", onnx.TensorProto.UINT8, [256, 256, 3]),
                       ("image_embeds", onnx.TensorProto.FLOAT)),

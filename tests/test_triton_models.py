@@ -17,11 +17,11 @@ import tritonclient.grpc.aio as aioclient
 from hf_reference import features
 from tritonclient.utils import InferenceServerException
 
+from gateway.contract import IMAGE_SIZE, TEXT_LENGTH
+
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 
 TOLERANCE = 1e-5
-TEXT_LENGTH = 64
-IMAGE_SIZE = 256
 
 
 @pytest.fixture(scope="module")

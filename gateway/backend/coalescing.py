@@ -41,7 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gateway.backend.triton import ENCODED_MODEL, MAX_ROWS, TEXT_MODEL, VISION_MODEL
+from gateway.contract import ENCODED_MODEL, MAX_ROWS, TEXT_MODEL, VISION_MODEL
 from gateway.core.errors import BackendError, BackendRejected, DeadlineExceeded, GatewayError
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,14 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from gateway.backend.shm import Region, ShmPool, answered_by_triton, region_unknown, status_code
+from gateway.contract import (
+    ENCODED_MODEL,
+    MAX_ROWS,
+    TENSORS,
+    TEXT_MODEL,
+    TOWER_MODELS,
+    VISION_MODEL,
+)
 from gateway.core.errors import (
     BackendError,
     BackendRejected,
@@ -30,21 +38,6 @@ from gateway.core.errors import (
 
 log = logging.getLogger(__name__)
 
-VISION_MODEL = "siglip_vision"
-TEXT_MODEL = "siglip_text"
-# JPEG bytes -> embeddings: an ensemble of siglip_image_decode and siglip_vision.
-ENCODED_MODEL = "siglip_vision_encoded"
-MODELS = (VISION_MODEL, TEXT_MODEL)
-
-# Requests above a model's max_batch_size are split into chunks of this many rows;
-# they match model_repository/*/config.pbtxt.
-MAX_ROWS = {VISION_MODEL: 64, TEXT_MODEL: 256, ENCODED_MODEL: 64}
-# model: (input name, datatype, output name), as in model_repository/*/config.pbtxt.
-TENSORS = {
-    VISION_MODEL: ("pixels", "UINT8", "image_embeds"),
-    TEXT_MODEL: ("input_ids", "INT64", "text_embeds"),
-    ENCODED_MODEL: ("images", "BYTES", "image_embeds"),
-}
 
 
 def channel_args(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -69,7 +62,7 @@ class TritonBackend:
     """Embeds pixels and token ids with the SigLIP towers hosted by Triton."""
 
     def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float,
-                 models: tuple[str, ...] = MODELS, shm_max_bytes: int | None = None,
+                 models: tuple[str, ...] = TOWER_MODELS, shm_max_bytes: int | None = None,
                  embedding_dim: int | None = None) -> None:
         """``shm_max_bytes`` (with ``embedding_dim``): move tensors through up to that many
         bytes of shared memory; None: inside the gRPC messages."""

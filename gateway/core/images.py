@@ -44,6 +44,7 @@ from PIL import (  # noqa: F401  (the plugin imports register the allow-listed f
     WebPImagePlugin,
 )
 
+from gateway.contract import IMAGE_SIZE
 from gateway.core.errors import InvalidInput
 
 # Pillow format ids, in the order their signatures are tried. Anything else (PDF, EPS, which
@@ -87,7 +88,7 @@ class ImageLimits:
 
     max_pixels: int = 40_000_000
     max_bytes: int = 32 * 1024 * 1024
-    size: int = 256
+    size: int = IMAGE_SIZE
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_bytes", "size"):

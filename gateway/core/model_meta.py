@@ -49,12 +49,17 @@ class ModelMeta:
     logit_bias: float
 
 
+def names_a_path(model: str) -> bool:
+    """True when `model` can only be a local path, never a hub id (`org/name` or `name`)."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
 def resolve_checkpoint(model: str) -> Path:
     """A local directory holding `model`: the directory itself, or a hub snapshot of that id."""
     local = Path(model).expanduser()
     if local.is_dir():
         return local.resolve()
-    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if local.exists() or names_a_path(model):
         raise ModelLoadError(f"model {model!r}: not a checkpoint directory")
     try:
         from huggingface_hub import snapshot_download

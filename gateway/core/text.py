@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from gateway.contract import TEXT_LENGTH
 from gateway.core.errors import InvalidInput
 
 DEFAULT_PROMPT_TEMPLATE = "This is a photo of {}."
 PLACEHOLDER = "{}"
-TEXT_LENGTH = 64
 
 
 class TextTokenizer:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.core.model_meta import names_a_path
 from gateway.triton.tritonlog import TritonLog
 
 
@@ -42,8 +43,7 @@ def checkpoint_problem(model: str) -> str | None:
         if not (path / "config.json").is_file():
             return f"checkpoint {model} is not a model directory (no config.json)"
         return None
-    looks_local = path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1
-    return f"checkpoint directory {model} does not exist" if looks_local else None
+    return f"checkpoint directory {model} does not exist" if names_a_path(model) else None
 
 
 def explain(log: TritonLog, returncode: int | None, models: Sequence[str], checkpoint: str,

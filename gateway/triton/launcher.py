@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from gateway.contract import TOWER_MODELS
 from gateway.triton import distribution, procgroup, readiness
 from gateway.triton.errors import TritonStartupError, checkpoint_problem, describe_exit, explain
 from gateway.triton.ports import PortUnavailable, TritonPorts, pick_ports
@@ -31,7 +32,7 @@ from gateway.triton.tritonlog import TritonLog
 __all__ = ["MODELS", "EmbeddedTriton", "TritonPorts", "TritonStartupError", "TritonState",
            "default_model_repository"]
 
-MODELS = ("siglip_vision", "siglip_text")
+MODELS = TOWER_MODELS
 # Set in Triton's environment (so in its stubs' too): tells our processes from any other.
 INSTANCE_ENV = "SIGLIP_TRITON_INSTANCE"
 _BACKOFF_MAX_S = 30.0
