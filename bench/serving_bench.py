@@ -10,6 +10,7 @@ Modes (see serving_inprocess.py and serving_remote.py for exactly what each does
   served   the gateway (a subprocess) over gRPC
   served_shm  (opt-in) the same, its tensors to Triton through shared memory (same host)
   naive    transformers' pipeline / SiglipModel + SiglipProcessor, once per request
+  pillow   one bare Pillow core (decode, RGB, bicubic resize) on the JPEG Embed workloads
   ceiling_compiled  (with --compile) the ceiling with torch.compile'd towers
 Workloads: serving_workloads.WORKLOADS. Each cell warms up, then measures a fixed duration;
 direct and served run at concurrency C (closed loop), ceiling and naive sequentially.
@@ -38,10 +39,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 from serving_procs import cached_checkpoint, embedded_triton  # noqa: E402
 from serving_report import evaluate_targets, machine, ratios, table  # noqa: E402
 from serving_runner import is_remote, run_cells, served_mode  # noqa: E402
-from serving_workloads import WORKLOADS, Payloads  # noqa: E402
+from serving_workloads import JPEG_WORKLOADS, WORKLOADS, Payloads  # noqa: E402
 
-MODES = ("ceiling", "direct", "served", "naive")
-ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_shm", "naive")
+MODES = ("ceiling", "direct", "served", "naive", "pillow")
+ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_shm", "naive", "pillow")
 # Per size: concurrency, seconds, warm-up. Base on a CPU takes ~0.3 s per image, so 8 in
 # flight already keeps Triton's queue full (batches of ~C/2..C); tiny is overhead-bound and
 # needs many calls in flight to show the serving path's own limit.
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     size = checkpoint_size(checkpoint)
     apply_defaults(args, size)
     cfg = json.loads((checkpoint / "config.json").read_text())
-    payloads = Payloads.make(jpegs=bool(
-        {"embed_jpeg", "classify", "score"} & set(args.workload_list)))
+    payloads = Payloads.make(jpegs=bool(JPEG_WORKLOADS & set(args.workload_list)))
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The two in-process modes of the serving benchmark: `ceiling` and `naive`.
+"""The in-process modes of the serving benchmark: `ceiling`, `naive` and `pillow`.
 
 ceiling: the towers Triton hosts (SiglipVisionModel / SiglipTextModel, same dtype as
     model_repository/*/1/model.py: fp32 on CPU, fp16 on GPU), called on already-preprocessed
@@ -9,6 +9,11 @@ naive: what a user writes by hand, in-process and sequential: transformers'
     zero-shot-image-classification pipeline for Classify; SiglipProcessor + SiglipModel's
     get_image_features / get_text_features (input_ids only, as the reference does) for
     Embed and Score. Decoding and preprocessing are part of every call.
+pillow: one bare Pillow core, sequential in one thread: each of the request's JPEGs opened,
+    converted to RGB, resized BICUBIC straight to the model size, as an array (no model, no
+    RPC). The yardstick for the service's JPEG path, which does the same pixel work (the
+    gateway's EXACT preprocessing: pixel-identical, checked per run in the cell's
+    `matches_gateway_exact`) plus the size and format checks, the RPCs and the model.
 
 torch and transformers are imported here only; every call returns a no-argument callable.
 """
@@ -137,7 +142,7 @@ class Naive:
                             truncation=True, return_tensors="pt")["input_ids"].to(device)
             return _normalize(_features(model.get_text_features(input_ids=ids)))
 
-        name = workload.name
+        name, jpegs = workload.name, payloads.jpegs_for(workload)
         if name == "classify":
             labels = list(CLASSIFY_LABELS)
             return lambda: self.pipe(_decode(payloads.jpegs[0]), candidate_labels=labels)
@@ -146,11 +151,11 @@ class Naive:
             with torch.no_grad():
                 if name == "embed_raw":
                     return image_features([Image.fromarray(payloads.raw, "RGB")]).cpu()
-                if name == "embed_jpeg":
-                    return image_features([_decode(payloads.jpegs[0])]).cpu()
+                if name in ("embed_jpeg", "embed_jpeg8"):
+                    return image_features([_decode(b) for b in jpegs]).cpu()
                 if name == "embed_text":
                     return text_features(texts.take(1)).cpu()
-                img = image_features([_decode(b) for b in payloads.jpegs])
+                img = image_features([_decode(b) for b in jpegs])
                 txt = text_features(texts.take(workload.texts_per_request))
                 logits = img @ txt.T * model.logit_scale.exp() + model.logit_bias
                 return torch.sigmoid(logits).cpu()
@@ -185,6 +190,35 @@ class Naive:
             "max_abs_probability_diff_vs_reference": diff,
             "reference_max_probability": float(ref.max()),
         }
+
+
+class BarePillow:
+    """What one core does with plain Pillow calls and nothing else: the `pillow` mode."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from gateway.core.model_meta import load_model_meta
+
+        self.size = load_model_meta(str(checkpoint)).image_size
+
+    def call_for(self, workload: Workload, payloads: Payloads) -> Callable[[], object]:
+        jpegs, size = payloads.jpegs_for(workload), self.size
+        return lambda: [bare_pillow(b, size) for b in jpegs]
+
+    def matches_gateway_exact(self, workload: Workload, payloads: Payloads) -> bool:
+        """Whether the loop computes what the gateway computes (EXACT) for these JPEGs."""
+        from gateway.core.images import ImageLimits, preprocess_encoded
+
+        limits = ImageLimits(size=self.size)
+        return all(np.array_equal(bare_pillow(b, self.size),
+                                  preprocess_encoded(b, field="image", limits=limits))
+                   for b in payloads.jpegs_for(workload))
+
+
+def bare_pillow(data: bytes, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _decode(data: bytes) -> Any:

@@ -78,20 +78,20 @@ class Direct:
         name, meta = workload.name, self.meta
         raw = np.ascontiguousarray(payloads.raw[None])
         prompts = [fill_prompt(DEFAULT_PROMPT_TEMPLATE, label) for label in CLASSIFY_LABELS]
-        jpeg = payloads.jpegs[:1]
+        jpegs = payloads.jpegs_for(workload)
 
         async def run() -> object:
             if name == "embed_raw":
                 return await self._infer(VISION, raw)
-            if name == "embed_jpeg":
-                return await self._images(jpeg)
+            if name in ("embed_jpeg", "embed_jpeg8"):
+                return await self._images(jpegs)
             if name == "embed_text":
                 return await self._texts(texts.take(1))
             if name == "classify":
-                img, txt = await asyncio.gather(self._images(jpeg), self._texts(prompts))
+                img, txt = await asyncio.gather(self._images(jpegs), self._texts(prompts))
             else:
                 batch = texts.take(workload.texts_per_request)
-                img, txt = await asyncio.gather(self._images(payloads.jpegs), self._texts(batch))
+                img, txt = await asyncio.gather(self._images(jpegs), self._texts(batch))
             return score(img, txt, meta.logit_scale, meta.logit_bias)
         return run
 
@@ -114,18 +114,18 @@ class Served:
 
     def call_for(self, workload: Workload, payloads: Payloads, texts: UniqueTexts) -> Call:
         name, stubs, timeout = workload.name, self.stubs, self.timeout_s
-        jpegs = [image_pb(b) for b in payloads.jpegs]
+        jpegs = [image_pb(b) for b in payloads.jpegs_for(workload)]
         fixed: Any = None
         if name == "embed_raw":
             fixed = pb.EmbedRequest(inputs=[pb.EmbedInput(image=image_pb(payloads.raw))])
-        elif name == "embed_jpeg":
-            fixed = pb.EmbedRequest(inputs=[pb.EmbedInput(image=jpegs[0])])
+        elif name in ("embed_jpeg", "embed_jpeg8"):
+            fixed = pb.EmbedRequest(inputs=[pb.EmbedInput(image=j) for j in jpegs])
         elif name == "classify":
-            fixed = pb.ClassifyRequest(images=jpegs[:1], labels=list(CLASSIFY_LABELS))
+            fixed = pb.ClassifyRequest(images=jpegs, labels=list(CLASSIFY_LABELS))
 
         async def run() -> object:
             stub = next(stubs)
-            if name in ("embed_raw", "embed_jpeg"):
+            if name in ("embed_raw", "embed_jpeg", "embed_jpeg8"):
                 return await stub.Embed(fixed, timeout=timeout)
             if name == "classify":
                 return await stub.Classify(fixed, timeout=timeout)

@@ -8,7 +8,7 @@ import subprocess
 from typing import Any
 
 RATIOS = (("served/ceiling", "ceiling"), ("served/ceiling_compiled", "ceiling_compiled"),
-          ("served/direct", "direct"), ("served/naive", "naive"))
+          ("served/direct", "direct"), ("served/naive", "naive"), ("served/pillow", "pillow"))
 
 # (workload, ratio, minimum, checkpoint size it is stated for, what is compared)
 TARGETS = (
@@ -31,11 +31,12 @@ def ratios(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
                 both[key] = a / b
         if both:
             out[name] = both
-    for mode, cell in cells.items():  # served_pN (--processes) against one process
-        if mode.startswith("served_p") and served.get("requests_per_s") and cell.get(
-                "requests_per_s"):
-            out[f"{mode}/served"] = {k: cell[k] / served[k] for k in ("items_per_s",
-                                                                     "requests_per_s")}
+    for mode, cell in cells.items():  # served_pN (--processes) against one process, and
+        if not mode.startswith("served_p"):  # against one bare Pillow core
+            continue
+        for name, other in ((f"{mode}/served", served), (f"{mode}/pillow", cells.get("pillow"))):
+            if other and other.get("requests_per_s") and cell.get("requests_per_s"):
+                out[name] = {k: cell[k] / other[k] for k in ("items_per_s", "requests_per_s")}
     return out
 
 
@@ -109,7 +110,8 @@ def markdown(data: dict[str, Any]) -> str:
     """A results JSON (serving_bench.py --json) as the Markdown tables of BENCHMARKS.md."""
     meta, workloads = data["meta"], data["workloads"]
     extra = sorted({m for e in workloads.values() for m in e["modes"] if m.startswith("served_p")})
-    modes = [m for m in ("ceiling", "ceiling_compiled", "direct", "served", *extra, "naive")
+    modes = [m for m in ("ceiling", "ceiling_compiled", "direct", "served", *extra, "naive",
+                         "pillow")
              if any(m in e["modes"] for e in workloads.values())]
     lines = ["| workload (item) | mode | items/s | p50 ms | p99 ms | batch | CPU ms/request "
              "(client / gateway / Triton) |", "|---|---|---:|---:|---:|---:|---|"]
@@ -134,8 +136,8 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_fmt(cell['p50_ms'], '.1f')} | {_fmt(cell['p99_ms'], '.1f')} | "
                 f"{batch if isinstance(batch, str) else _fmt(batch, 'd')} | {cpu_text} |")
     names = [n for n, _ in RATIOS if any(n in e.get("ratios", {}) for e in workloads.values())]
-    names += [f"{m}/served" for m in extra
-              if any(f"{m}/served" in e.get("ratios", {}) for e in workloads.values())]
+    names += [f"{m}/{other}" for m in extra for other in ("served", "pillow")
+              if any(f"{m}/{other}" in e.get("ratios", {}) for e in workloads.values())]
     lines += ["", "| workload | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for name, entry in workloads.items():
         r = entry.get("ratios", {})

@@ -1,12 +1,13 @@
 """Runs the serving benchmark's cells, one workload at a time, every mode back to back.
 
-Workload by workload (direct, served, served_pN, ceiling, ceiling_compiled, naive) rather than
-mode by mode: on a shared machine the background load drifts over minutes, and the ratios compare
-cells measured within a minute or two of each other. With --rounds N that sequence repeats N
-times per workload and each mode reports its median round. served_pN is the gateway with N
-processes (--processes), its CPU summed over them. Triton and the gateways stay up, idle,
-while the in-process modes run (an idle Triton costs no CPU); served runs before ceiling
-because the ceiling's batch is the one Triton formed under served.
+Workload by workload (direct, served, served_pN, pillow, ceiling, ceiling_compiled, naive)
+rather than mode by mode: on a shared machine the background load drifts over minutes, and the
+ratios compare cells measured within a minute or two of each other. With --rounds N that
+sequence repeats N times per workload and each mode reports its median round. served_pN is the
+gateway with N processes (--processes), its CPU summed over them. Triton and the gateways stay
+up, idle, while the in-process modes run (an idle Triton costs no CPU); served runs before
+ceiling because the ceiling's batch is the one Triton formed under served. pillow (the bare
+Pillow loop) runs only on serving_workloads.PILLOW_WORKLOADS; elsewhere it has no cell.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 
 from serving_load import closed_loop, sequential
 from serving_procs import CpuMeter, GatewayProcess
-from serving_workloads import WORKLOADS, Payloads, UniqueTexts, Workload
+from serving_workloads import PILLOW_WORKLOADS, WORKLOADS, Payloads, UniqueTexts, Workload
 
-EXECUTION_ORDER = ("direct", "served", "served_shm", "ceiling", "ceiling_compiled", "naive")
+EXECUTION_ORDER = ("direct", "served", "served_shm", "pillow", "ceiling", "ceiling_compiled",
+                   "naive")
 log = logging.getLogger("serving_bench")
 
 
@@ -140,20 +142,28 @@ def ceiling_batch(workload: Workload, entry: dict[str, Any], concurrency: int) -
     return concurrency
 
 
+def applies(mode: str, workload: str) -> bool:
+    """Whether `mode` has a cell in `workload` (the bare Pillow loop: JPEG Embed only)."""
+    return mode != "pillow" or workload in PILLOW_WORKLOADS
+
+
 class InProcessSide:
-    """ceiling, ceiling_compiled and naive; each model set is loaded on first use and kept."""
+    """ceiling, ceiling_compiled, naive and pillow; each model set is loaded on first use and
+    kept."""
 
     def __init__(self, args: argparse.Namespace, checkpoint: Path, meta: dict[str, Any]) -> None:
         self.args, self.checkpoint, self.meta = args, checkpoint, meta
         self.models: dict[str, Any] = {}
 
     def _model(self, mode: str) -> Any:
-        from serving_inprocess import Ceiling, Naive
+        from serving_inprocess import BarePillow, Ceiling, Naive
 
         if mode not in self.models:
             started = time.perf_counter()
             if mode == "naive":
                 self.models[mode] = Naive(self.checkpoint, self.args.device)
+            elif mode == "pillow":
+                self.models[mode] = BarePillow(self.checkpoint)
             else:
                 compile_mode = self.args.compile_mode if mode == "ceiling_compiled" else None
                 self.models[mode] = Ceiling(self.checkpoint, self.args.device,
@@ -173,6 +183,12 @@ class InProcessSide:
                               warmup_s=args.warmup, seconds=args.seconds)
             summary = cell.summary(workload.items_per_request)
             summary["concurrency"] = 1
+        elif mode == "pillow":
+            cell = sequential(model.call_for(workload, payloads), warmup_s=args.warmup,
+                              seconds=args.seconds)
+            summary = cell.summary(workload.items_per_request)
+            summary["concurrency"] = 1
+            summary["matches_gateway_exact"] = model.matches_gateway_exact(workload, payloads)
         else:
             batch = args.ceiling_batch or ceiling_batch(workload, entry, args.concurrency)
             # torch.compile compiles (per batch shape) on the first call, in the warm-up.
@@ -202,7 +218,7 @@ async def run_cells(args: argparse.Namespace, checkpoint: Path, triton_url: str 
             workload, entry = WORKLOADS[name], results[name]
             rounds: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
-                for mode in execution_order(args.mode_list):
+                for mode in (m for m in execution_order(args.mode_list) if applies(m, name)):
                     try:
                         if is_remote(mode):
                             if remote is None:

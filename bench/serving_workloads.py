@@ -1,9 +1,10 @@
 """The serving benchmark's workloads: what one request carries and what an "item" is.
 
-Every mode (ceiling, direct, served, naive) draws its inputs from here, so all four see the
-same pixels, the same JPEG bytes and the same kind of texts. Texts that must miss the
-gateway's text cache (Embed text, Score) are made unique per call with a global counter;
-Classify's ten labels repeat on purpose (that is what the cache is for).
+Every mode (ceiling, direct, served, naive, pillow) draws its inputs from here, so all see the
+same pixels, the same JPEG bytes and the same kind of texts. A request's JPEGs are the first
+`images_per_request` of `Payloads.jpegs` (distinct images, the same bytes every call). Texts
+that must miss the gateway's text cache (Embed text, Score) are made unique per call with a
+global counter; Classify's ten labels repeat on purpose (that is what the cache is for).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ CLASSIFY_LABELS = (
 )
 SCORE_IMAGES = 2
 SCORE_TEXTS = 5
+EMBED_JPEG8_IMAGES = 8
 _WORDS = ("photo picture drawing of a the small big red blue green dog cat bird car tree "
           "house river street city beach sky night sunny old new").split()
 
@@ -39,11 +41,18 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("embed_raw", "Embed, 1 RawImage 256x256 RGB per request", "images", 1, 1, 0),
     Workload("embed_jpeg", "Embed, 1 JPEG 640x480 per request", "images", 1, 1, 0),
+    Workload("embed_jpeg8", f"Embed, {EMBED_JPEG8_IMAGES} JPEG 640x480 per request", "images",
+             EMBED_JPEG8_IMAGES, EMBED_JPEG8_IMAGES, 0),
     Workload("embed_text", "Embed, 1 unique text per request (cache misses)", "texts", 1, 0, 1),
     Workload("classify", "Classify, 1 JPEG 640x480 x 10 repeated labels", "requests", 1, 1, 0),
     Workload("score", "Score, 2 JPEG 640x480 x 5 unique texts", "requests", 1,
              SCORE_IMAGES, SCORE_TEXTS),
 )}
+# Workloads whose images are JPEGs (Payloads.jpegs), and those the bare Pillow loop (mode
+# `pillow`) is measured on: Embed only, where the service's work per image is the decode and
+# the embedding and nothing else (no text, no scores), so served/pillow compares like with like.
+JPEG_WORKLOADS = frozenset({"embed_jpeg", "embed_jpeg8", "classify", "score"})
+PILLOW_WORKLOADS = frozenset({"embed_jpeg", "embed_jpeg8"})
 
 
 def photo_array(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -73,14 +82,18 @@ def jpeg_bytes(width: int, height: int, seed: int = 0) -> bytes:
 @dataclass(frozen=True)
 class Payloads:
     raw: np.ndarray  # (256, 256, 3) uint8
-    jpegs: tuple[bytes, ...]  # 640x480, one per image slot of Score (Classify uses the first)
+    jpegs: tuple[bytes, ...]  # 640x480, distinct; a request takes its first images_per_request
 
     @classmethod
     def make(cls, jpegs: bool = True) -> Payloads:
         """`jpegs=False` (only raw-image and text workloads) needs no Pillow."""
         return cls(raw=photo_array(IMAGE_SIZE, IMAGE_SIZE, seed=7),
-                   jpegs=tuple(jpeg_bytes(*JPEG_SIZE, seed=s) for s in range(SCORE_IMAGES))
-                   if jpegs else ())
+                   jpegs=tuple(jpeg_bytes(*JPEG_SIZE, seed=s) for s in range(max(
+                       w.images_per_request for w in WORKLOADS.values()))) if jpegs else ())
+
+    def jpegs_for(self, workload: Workload) -> tuple[bytes, ...]:
+        """The JPEGs one request of `workload` carries."""
+        return self.jpegs[:workload.images_per_request]
 
 
 class UniqueTexts:

@@ -1,9 +1,10 @@
 """Smoke run of the serving benchmark (bench/serving_bench.py) on the tiny checkpoint.
 
 A fraction of a second per cell: it checks that one command produces every mode of every
-workload, that the ratios are the quotients of the cells they name, and that the ceiling ran
-at the batch size Triton formed. No timing is asserted: the numbers of a run this short on a
-shared CI machine mean nothing.
+workload (the bare Pillow loop on the JPEG Embed workloads only), that the ratios are the
+quotients of the cells they name, that the ceiling ran at the batch size Triton formed, and that
+the bare Pillow loop computes the gateway's exact pixels. No timing is asserted: the numbers of
+a run this short on a shared CI machine mean nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ pytestmark = [pytest.mark.triton]
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "serving_bench.py"
-WORKLOADS = {"embed_raw", "embed_jpeg", "embed_text", "classify", "score"}
+WORKLOADS = {"embed_raw", "embed_jpeg", "embed_jpeg8", "embed_text", "classify", "score"}
 MODES = {"ceiling", "direct", "served", "served_p2", "naive"}  # served_p2: --processes 1,2
+PILLOW = {"embed_jpeg", "embed_jpeg8"}  # where the mode pillow runs too
 RATIOS = {"served/ceiling": "ceiling", "served/direct": "direct", "served/naive": "naive"}
+IMAGES = {"embed_jpeg8": 8, "score": 2}  # images per request, where not 1
 
 
 def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: Path) -> None:
@@ -46,25 +49,35 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
     assert set(data["workloads"]) == WORKLOADS
     for name, entry in data["workloads"].items():
         cells = entry["modes"]
-        assert set(cells) == MODES, name
+        pillow = name in PILLOW
+        assert set(cells) == MODES | ({"pillow"} if pillow else set()), name
         for mode, cell in cells.items():
             where = f"{name}/{mode}"
             assert "error" not in cell, (where, cell.get("error"))
             assert cell["errors"] == 0 and cell["first_error"] is None, (where, cell)
             assert cell["requests"] >= 1 and cell["items_per_s"] > 0, (where, cell)
             assert cell["p50_ms"] <= cell["p99_ms"], where
-        assert set(entry["ratios"]) == set(RATIOS) | {"served_p2/served"}, name
-        for ratio, other in RATIOS.items():
+        ratios = {**RATIOS, "served/pillow": "pillow"} if pillow else RATIOS
+        extra = {"served_p2/served", "served_p2/pillow"} if pillow else {"served_p2/served"}
+        assert set(entry["ratios"]) == set(ratios) | extra, name
+        for ratio, other in ratios.items():
             expected = cells["served"]["items_per_s"] / cells[other]["items_per_s"]
             assert entry["ratios"][ratio]["items_per_s"] == pytest.approx(expected), (name, ratio)
-        assert entry["ratios"]["served_p2/served"]["items_per_s"] == pytest.approx(
-            cells["served_p2"]["items_per_s"] / cells["served"]["items_per_s"])
+        for ratio in extra:
+            other = ratio.split("/")[1]
+            assert entry["ratios"][ratio]["items_per_s"] == pytest.approx(
+                cells["served_p2"]["items_per_s"] / cells[other]["items_per_s"]), (name, ratio)
+        if pillow:  # one thread, the request's images per call, the gateway's exact pixels
+            cell = cells["pillow"]
+            assert cell["concurrency"] == 1 and cell["matches_gateway_exact"] is True, name
+            assert cell["items_per_s"] == pytest.approx(
+                IMAGES.get(name, 1) * cell["requests_per_s"]), name
         assert (cells["served"]["gateway_processes"], cells["served_p2"]["gateway_processes"]
                 ) == (1, 2)
 
         # The ceiling's batch is the one Triton formed under `served`, in requests.
         model, rows = (("siglip_text", 1) if name == "embed_text"
-                       else ("siglip_vision", 2 if name == "score" else 1))
+                       else ("siglip_vision", IMAGES.get(name, 1)))
         formed = cells["served"]["triton_batches"][model]
         assert cells["ceiling"]["batch"] == max(1, round(formed["mean_batch"] / rows)), name
         assert 1 <= formed["mean_batch"] <= 4 * rows  # never more than C requests' rows
@@ -83,3 +96,6 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
         data["workloads"]["embed_text"]["ratios"]["served/direct"]["requests_per_s"])
     assert targets[("embed_raw", "served/ceiling")]["met"] is None
     assert "ratios (items/s)" in proc.stdout
+    report = subprocess.run([sys.executable, str(REPO / "bench" / "serving_report.py"), str(out)],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "| served/pillow |" in report and "| pillow |" in report
