@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from serving_workloads import CLASSIFY_LABELS, Payloads, UniqueTexts, Workload
 
-TEXT_LENGTH = 64
+from gateway.contract import TEXT_LENGTH
+
 TEMPLATE = "This is a photo of {}."
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IMAGE_SIZE = 256
+from gateway.contract import IMAGE_SIZE
+
 JPEG_SIZE = (640, 480)  # width, height
 CLASSIFY_LABELS = (
     "a cat", "a dog", "a bird", "a car", "a truck",
