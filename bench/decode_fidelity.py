@@ -119,7 +119,7 @@ def embeddings(pres: dict[str, Any], cases: dict[str, bytes], base: Path | None
                ) -> dict[str, Any]:
     from transformers import SiglipVisionModel
 
-    from gateway.checkpoint import make_random_checkpoint
+    from siglip_tools.checkpoint import make_random_checkpoint
 
     pixels = {"exact": np.stack([exact(d) for d in cases.values()])}
     for name, pre in pres.items():

@@ -181,7 +181,7 @@ def embedding_cosines(fns: dict[str, Pipeline], cases: dict[str, bytes]) -> dict
     import torch
     from transformers import SiglipVisionModel
 
-    from gateway.checkpoint import make_random_checkpoint
+    from siglip_tools.checkpoint import make_random_checkpoint
 
     ref = fns.get("exact", fns["baseline_pil"])
     exact = np.stack([ref(d) for d in cases.values()])

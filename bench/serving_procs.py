@@ -28,7 +28,7 @@ _READY = re.compile(r"siglip-gateway ready: grpc [^:\s]+:(\d+),")
 
 def cached_checkpoint(size: str, cache_dir: Path | None = None) -> Path:
     """A random-weight checkpoint of `size`, made once into a cache directory and reused."""
-    from gateway.checkpoint import make_random_checkpoint
+    from siglip_tools.checkpoint import make_random_checkpoint
 
     root = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     target = root / "siglip-gateway" / f"random-{size}-seed0"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,6 +19,9 @@ from gateway.config import Settings
 
 PROG = "siglip-gateway"
 CLIENT_COMMANDS = ("classify", "embed", "score", "info")
+# Tools off the request path (siglip_tools/): each module adds its own subcommand's options.
+TOOLS = {"make-checkpoint": "siglip_tools.checkpoint", "load": "siglip_tools.load",
+         "export-onnx": "siglip_tools.onnx_export"}
 # Exit codes: 1 = the server or the service failed; 2 = the command line was wrong.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -51,27 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
-    # Tools with their own argument parsers.
-    tools: dict[str, Callable[[list[str]], int]] = {
-        "make-checkpoint": _tool("gateway.checkpoint"),
-        "load": _tool("gateway.loadgen"),
-        "export-onnx": _tool("gateway.onnx_export"),
-    }
-    if argv and argv[0] in tools:
-        return tools[argv[0]](argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command in TOOLS:
+        return args.run_tool(args)
     return _client_command(args)
-
-
-def _tool(module: str) -> Callable[[list[str]], int]:
-    def run(argv: list[str]) -> int:
-        import importlib
-
-        return importlib.import_module(module).main(argv)
-
-    return run
 
 
 def _fail(command: str, message: str, code: int) -> int:
@@ -90,10 +79,16 @@ def _describe_os_error(exc: OSError) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("make-checkpoint", help="write a random checkpoint (see --help)")
-    sub.add_parser("load", help="load-test a running server, ghz-style (see --help)")
-    sub.add_parser("export-onnx", help="export the towers as an ONNX Runtime/TensorRT Triton "
-                   "model repository (see --help)")
+    for name, module_name in TOOLS.items():
+        try:
+            tool = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("siglip_tools", module_name):
+                raise
+            continue  # the gateway image ships the service without its tools
+        t = sub.add_parser(name, help=tool.HELP, description=tool.DESCRIPTION)
+        tool.add_arguments(t)
+        t.set_defaults(run_tool=tool.run)
 
     s = sub.add_parser("serve", help="run the gRPC service (embedded Triton unless --triton-url)")
     s.add_argument("--model", help="hub id or local checkpoint directory (SIGLIP_MODEL)")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SigLIP checkpoint (config, safetensors, SentencePiece tokenizer, processor)."""
-    from gateway.checkpoint import make_random_checkpoint
+    from siglip_tools.checkpoint import make_random_checkpoint
 
     return make_random_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"), size="tiny", seed=0)
 

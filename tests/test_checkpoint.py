@@ -24,8 +24,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from gateway import checkpoint
 from gateway.core.model_meta import ModelLoadError, load_model_meta, resolve_checkpoint
+from siglip_tools import checkpoint
 
 
 def test_tiny_loads_with_all_four_from_pretrained(tiny_checkpoint: Path) -> None:

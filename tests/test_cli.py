@@ -109,3 +109,17 @@ def test_bad_setting_is_one_line(capsys, monkeypatch):
     code, lines = _run(capsys, ["serve"])
     assert code == EXIT_USAGE
     assert lines == ["siglip-gateway serve: SIGLIP_PORT='fifty' is not a whole number"]
+
+
+def test_the_service_cli_works_without_the_tools(monkeypatch, capsys):
+    """The gateway image ships gateway/ without siglip_tools/: its CLI still serves."""
+    import sys as _sys
+
+    monkeypatch.setitem(_sys.modules, "siglip_tools", None)  # import fails as if not installed
+    for name in ("siglip_tools.checkpoint", "siglip_tools.load", "siglip_tools.onnx_export",
+                 "siglip_tools.ghz"):
+        monkeypatch.delitem(_sys.modules, name, raising=False)
+    code, lines = _run(capsys, ["frobnicate"])
+    assert code == EXIT_USAGE
+    assert "'serve'" in lines[0] and "'classify'" in lines[0]
+    assert "make-checkpoint" not in lines[0] and "'load'" not in lines[0]

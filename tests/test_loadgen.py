@@ -22,10 +22,10 @@ import pytest
 from google.protobuf import json_format
 from PIL import Image
 
-from gateway import loadgen
-from gateway.loadgen_report import PERCENTILES, parse_duration
 from siglip.v1 import siglip_pb2 as pb
 from siglip.v1 import siglip_pb2_grpc as pb_grpc
+from siglip_tools import load as loadgen
+from siglip_tools.ghz import PERCENTILES, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -349,7 +349,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.loadgen",
+        "siglip_tools.load",
         *args,
         cwd=ROOT,
         env=env,

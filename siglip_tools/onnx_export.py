@@ -1,7 +1,7 @@
 """Optional ONNX export of the SigLIP towers as a Triton model repository for the onnxruntime
 backend (CPU, CUDA, or TensorRT through the backend's execution accelerator).
 
-Owns `export_onnx_repository` and its CLI (`python -m gateway.onnx_export --model CKPT --out DIR`).
+Owns `export_onnx_repository` and its CLI (`siglip-gateway export-onnx --model CKPT --out DIR`).
 It writes OUT/siglip_vision/{config.pbtxt,1/model.onnx} and OUT/siglip_text/{...}; the configs
 come from model_repository_onnx/ (see its README). The exported models keep the python-backend
 tensor contract exactly (model_repository/README.md): same model names, tensor names, dtypes,
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -203,27 +204,36 @@ def export_onnx_repository(
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: `--model CKPT --out DIR [--opset N] [--overwrite]`; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="siglip-gateway export-onnx",
-        description="Export the SigLIP towers to ONNX as a Triton model repository (onnxruntime "
-                    "backend, optional TensorRT); see model_repository_onnx/README.md.",
-    )
+HELP = "export the towers as an ONNX Runtime/TensorRT Triton model repository"
+DESCRIPTION = ("Export the SigLIP towers to ONNX as a Triton model repository (onnxruntime "
+               "backend, optional TensorRT); see model_repository_onnx/README.md.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint: local directory or hub id")
     parser.add_argument("--out", type=Path, required=True, help="model repository to write")
     parser.add_argument("--opset", type=int, default=None, help=f"default {DEFAULT_OPSET}")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace siglip_vision/ and siglip_text/ in a non-empty --out")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         paths = export_onnx_repository(args.model, args.out, opset=args.opset,
                                        overwrite=args.overwrite)
     except (ImportError, FileExistsError) as exc:
-        parser.exit(2, f"{parser.prog}: {exc}\n")
+        print(f"siglip-gateway export-onnx: {exc}", file=sys.stderr)
+        return 2
     for name, path in paths.items():
         print(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone: `--model CKPT --out DIR [--opset N] [--overwrite]`; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="siglip-gateway export-onnx", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def _processor_files() -> dict[str, dict[str, Any]]:
 def _readme(size: Size, seed: int, n_params: int) -> str:
     return (
         "# RANDOM-WEIGHT SigLIP checkpoint — NOT a trained model\n\n"
-        f"Made by `gateway.checkpoint.make_random_checkpoint` (size={size}, seed={seed}).\n"
+        f"Made by `siglip_tools.checkpoint.make_random_checkpoint` (size={size}, seed={seed}).\n"
         f"Architecture: {'google/siglip-base-patch16-256' if size == 'base' else 'tiny'} "
         f"({n_params:,} parameters), weights randomly initialized.\n"
         "Embeddings and scores are meaningless; use it only to exercise shapes, plumbing and "
@@ -214,21 +214,30 @@ def make_random_checkpoint(out_dir: Path, size: Size, seed: int = 0) -> Path:
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: `--random --size {tiny,base} --out DIR [--seed N]`; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="siglip-gateway make-checkpoint",
-        description="Write a RANDOM-weight SigLIP checkpoint (no real weights are ever made).",
-    )
+HELP = "write a random-weight checkpoint (tests, benchmarks, offline use)"
+DESCRIPTION = "Write a RANDOM-weight SigLIP checkpoint (no real weights are ever made)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random", action="store_true", required=True,
                         help="required: acknowledges the weights are random")
     parser.add_argument("--size", choices=sorted(_ARCH), required=True)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     out = make_random_checkpoint(args.out, args.size, args.seed)
     print(f"wrote random-weight {args.size} checkpoint to {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone: `--random --size {tiny,base} --out DIR [--seed N]`; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="siglip-gateway make-checkpoint",
+                                     description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

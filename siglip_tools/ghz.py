@@ -1,4 +1,4 @@
-"""ghz compatibility for ``gateway.loadgen``: its options, config files and report.
+"""ghz compatibility for the load driver (``siglip_tools.load``): options, configs, report.
 
 Options and ``--config`` files take ghz's names and Go durations ("10s", "1m").
 
@@ -92,8 +92,14 @@ def read_ghz_config(path: str | Path) -> dict[str, Any]:
 
 
 def ghz_arg_parser(description: str) -> argparse.ArgumentParser:
-    """ghz's main command-line options (every default None: a ``--config`` file may set them)."""
+    """A parser of ghz's main command-line options, for the standalone load driver."""
     p = argparse.ArgumentParser(prog="siglip-gateway load", description=description)
+    add_ghz_arguments(p)
+    return p
+
+
+def add_ghz_arguments(p: argparse.ArgumentParser) -> None:
+    """ghz's main command-line options (every default None: a ``--config`` file may set them)."""
     a = p.add_argument
     a("host", nargs="?", help="HOST:PORT (any gRPC target, e.g. dns:///svc:50051)")
     a("--config", help="ghz JSON config file; command-line options override it")
@@ -122,7 +128,6 @@ def ghz_arg_parser(description: str) -> argparse.ArgumentParser:
     a("-o", "--output", help="write the report here instead of stdout")
     a("--name", help="a name for the run, copied into the report")
     a("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-    return p
 
 
 def error_message(code: grpc.StatusCode | None, details: str | None) -> str:

@@ -3,7 +3,7 @@
 It takes ghz's main options and payload files (protobuf-JSON; a JSON array is
 sent round-robin for unary calls, and as the messages of one stream for
 EmbedStream), can read ghz ``--config`` files, and prints ghz's summary or
-JSON report (see ``gateway.loadgen_report``). Payloads are parsed and serialized
+JSON report (see ``siglip_tools.ghz``). Payloads are parsed and serialized
 once; calls carry the pre-serialized bytes and responses are not decoded, so
 the driver spends its CPU on gRPC only. ``concurrency`` tasks share
 ``connections`` channels, and an optional global ``rps`` pacer spaces call starts.
@@ -11,6 +11,7 @@ the driver spends its CPU on gRPC only. ``concurrency`` tasks share
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -23,10 +24,12 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, json_format, message_factory
 
-from gateway.loadgen_report import (
+from siglip.v1 import siglip_pb2
+from siglip_tools.ghz import (
     CONFIG_KEYS,
     STATUS_NAMES,
     Tally,
+    add_ghz_arguments,
     build_report,
     error_message,
     format_summary,
@@ -34,7 +37,6 @@ from gateway.loadgen_report import (
     parse_duration,
     read_ghz_config,
 )
-from siglip.v1 import siglip_pb2
 
 _MAX_MESSAGE = 64 * 1024 * 1024
 _DESCRIPTION = "ghz-like load driver for siglip.v1.SiglipService (see loadtest/README.md)."
@@ -232,9 +234,18 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
     return await LoadRun(cfg).run()
 
 
+HELP = "load-test a running server, ghz-style (see loadtest/README.md)"
+DESCRIPTION = _DESCRIPTION
+add_arguments = add_ghz_arguments
+
+
 def config_from_args(argv: list[str] | None = None) -> tuple[LoadConfig, str, str | None]:
     """(run config, report format, output path) from the command line and ``--config``."""
-    args = ghz_arg_parser(_DESCRIPTION).parse_args(argv)
+    return config_from_namespace(ghz_arg_parser(_DESCRIPTION).parse_args(argv))
+
+
+def config_from_namespace(args: argparse.Namespace) -> tuple[LoadConfig, str, str | None]:
+    """(run config, report format, output path) from parsed options and ``--config``."""
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_ghz_config(args.config))
@@ -273,9 +284,14 @@ async def _main_async(cfg: LoadConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry. 0: the run completed (whatever the statuses); 1: no connection; 2: bad input."""
+    """Standalone entry (``python -m siglip_tools.load``); see ``run``."""
+    return run(ghz_arg_parser(_DESCRIPTION).parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """0: the run completed (whatever the statuses); 1: no connection; 2: bad input."""
     try:
-        cfg, fmt, output = config_from_args(argv)
+        cfg, fmt, output = config_from_namespace(args)
         report = asyncio.run(_main_async(cfg))
     except ConnectionError as e:
         print(f"siglip-gateway load: {e}", file=sys.stderr)
