@@ -12,16 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from gateway.cpus import available_cpus
+
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
 ENV_PREFIX = "SIGLIP_"
 MiB = 1024 * 1024
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +31,10 @@ class Settings:
     triton_url: str = ""
     triton_timeout_s: float = 30.0
     triton_startup_timeout_s: float = 600.0
+    # Embedded Triton, CPU instances: torch threads per tower instance (0 = the CPUs Triton
+    # may use) and its inter-op pool. Why these: BENCHMARKS.md, CPU threading of the towers.
+    triton_cpu_threads: int = 0
+    triton_cpu_interop_threads: int = 1
     # Limits (see README): checked before any work is done.
     max_message_bytes: int = 32 * MiB
     max_images: int = 64
@@ -44,7 +43,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     # Overload: calls beyond this many in flight are rejected with RESOURCE_EXHAUSTED.
     max_in_flight: int = 64
-    workers: int = field(default_factory=_default_workers)
+    workers: int = field(default_factory=available_cpus)
     preprocess_mode: str = "exact"
     text_cache_size: int = 10_000
     shutdown_grace_s: float = 20.0
@@ -79,6 +78,10 @@ class Settings:
                      "max_in_flight", "workers", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
+        if self.triton_cpu_threads < 0:
+            raise ValueError("SIGLIP_TRITON_CPU_THREADS must be 0 (auto) or more")
+        if self.triton_cpu_interop_threads < 1:
+            raise ValueError("SIGLIP_TRITON_CPU_INTEROP_THREADS must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("SIGLIP_TLS_CERT and SIGLIP_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:
