@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,base")
-    p.add_argument("--variants", default="torch-default,passive,threads1,auto,1x1,2inst")
+    p.add_argument("--variants", default="torch-default,passive,auto,1x1",
+                   help=f"subset of {','.join(all_variants)}")
     p.add_argument("--cells", default=",".join(CELLS),
                    help=f"subset of {','.join(CELLS)} (workload and mode of each: CELLS)")
     p.add_argument("--rounds", type=int, default=1)
