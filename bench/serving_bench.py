@@ -80,8 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where ceiling/naive run (Triton's towers go where Triton puts them)")
     p.add_argument("--torch-threads", type=int,
-                   help="torch threads for ceiling/naive and (OMP_NUM_THREADS) Triton's towers; "
-                        "default: torch's own choice (the physical cores)")
+                   help="torch threads for ceiling/naive and Triton's towers; default: "
+                        "ceiling/naive torch's own choice (the physical cores), Triton's the "
+                        "launcher's (SIGLIP_TRITON_CPU_THREADS: the available CPUs)")
     p.add_argument("--triton-url", help="use this Triton instead of starting the embedded one")
     p.add_argument("--gateway-root", type=Path,
                    help="run the served gateway from this source tree (A/B a gateway change)")
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.torch_threads)
         triton_env["OMP_NUM_THREADS"] = str(args.torch_threads)
+        triton_env["SIGLIP_TRITON_CPU_THREADS"] = str(args.torch_threads)  # over the launcher's
     meta["torch_threads"] = args.torch_threads or "default"
     with contextlib.ExitStack() as stack:
         triton_url, triton_pid = args.triton_url, None

@@ -13,8 +13,8 @@ Variants (name: what Triton's environment gets; see gateway/triton/cputhreads.py
   torch-default  nothing: torch's threads (every physical core), OpenMP's spin-then-sleep
   passive        OMP_WAIT_POLICY=PASSIVE only
   threads1       SIGLIP_TRITON_CPU_THREADS=1 only (libgomp still spins by default)
-  auto           the launcher's default: threads = available CPUs, inter-op 1, PASSIVE
-  auto-half      threads = available CPUs / 2 (the two towers share the CPUs), PASSIVE
+  all-cpus       threads = available CPUs for each tower, inter-op 1, PASSIVE
+  default        the launcher's default: available CPUs / 2 towers, inter-op 1, PASSIVE
   1x1            threads 1, inter-op 1, PASSIVE
   2inst          two CPU instances per tower (a repository copy), 1 thread each, PASSIVE
 """
@@ -55,8 +55,8 @@ def variants(cpus: int) -> dict[str, tuple[CpuThreading | None, int]]:
         "torch-default": (None, 1),
         "passive": (CpuThreading(threads=None, interop_threads=None, passive_wait=True), 1),
         "threads1": (CpuThreading(threads=1, interop_threads=None, passive_wait=False), 1),
-        "auto": (CpuThreading(), 1),
-        "auto-half": (CpuThreading(threads=max(1, cpus // 2)), 1),
+        "all-cpus": (CpuThreading(threads=cpus), 1),
+        "default": (CpuThreading(), 1),
         "1x1": (CpuThreading(threads=1), 1),
         "2inst": (CpuThreading(threads=1), 2),
     }
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,base")
-    p.add_argument("--variants", default="torch-default,passive,auto,1x1",
+    p.add_argument("--variants", default="torch-default,passive,all-cpus,default",
                    help=f"subset of {','.join(all_variants)}")
     p.add_argument("--cells", default=",".join(CELLS),
                    help=f"subset of {','.join(CELLS)} (workload and mode of each: CELLS)")
