@@ -13,8 +13,9 @@ Variants (name: what Triton's environment gets; see gateway/triton/cputhreads.py
   torch-default  nothing: torch's threads (every physical core), OpenMP's spin-then-sleep
   passive        OMP_WAIT_POLICY=PASSIVE only
   threads1       SIGLIP_TRITON_CPU_THREADS=1 only (libgomp still spins by default)
-  all-cpus       threads = available CPUs for each tower, inter-op 1, PASSIVE
-  default        the launcher's default: available CPUs / 2 towers, inter-op 1, PASSIVE
+  default        the launcher's default: threads = available CPUs for each tower,
+                 inter-op 1, PASSIVE
+  half           threads = available CPUs / 2 (the two towers share them), PASSIVE
   1x1            threads 1, inter-op 1, PASSIVE
   2inst          two CPU instances per tower (a repository copy), 1 thread each, PASSIVE
 """
@@ -55,8 +56,8 @@ def variants(cpus: int) -> dict[str, tuple[CpuThreading | None, int]]:
         "torch-default": (None, 1),
         "passive": (CpuThreading(threads=None, interop_threads=None, passive_wait=True), 1),
         "threads1": (CpuThreading(threads=1, interop_threads=None, passive_wait=False), 1),
-        "all-cpus": (CpuThreading(threads=cpus), 1),
         "default": (CpuThreading(), 1),
+        "half": (CpuThreading(threads=max(1, cpus // 2)), 1),
         "1x1": (CpuThreading(threads=1), 1),
         "2inst": (CpuThreading(threads=1), 2),
     }
@@ -133,28 +134,29 @@ def median(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return cell
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}" if value < 10 else (
+        f"{value:.1f}")
+
+
 def table(results: dict[str, Any]) -> str:
-    lines = ["| size | cell | variant | items/s | p50 ms | Triton CPU ms/item | "
-             "gateway CPU ms/item | batch |", "|---|---|---|---:|---:|---:|---:|---|"]
+    """Markdown: per size, one row per variant, items/s and Triton CPU ms/item per cell."""
+    lines = []
     for size, by_variant in results.items():
-        cells = {c for v in by_variant.values() for c in v}
-        for cell in (c for c in CELLS if c in cells):
-            for variant, by_cell in by_variant.items():
-                s = by_cell.get(cell)
-                if s is None:
-                    continue
-                if "error" in s:
-                    lines.append(f"| {size} | {cell} | {variant} | failed | | | | |")
-                    continue
-                cpu = s.get("cpu_ms_per_request", {})
-                batch = ", ".join(f"{v['mean_batch']:.1f}" for v in
-                                  s.get("triton_batches", {}).values() if v.get("mean_batch"))
-                lines.append(
-                    f"| {size} | {cell} | {variant} | {s['items_per_s']:.1f} | "
-                    f"{s['p50_ms']:.1f} | {cpu.get('triton', float('nan')):.2f} | "
-                    f"{cpu['gateway']:.2f} | {batch} |" if "gateway" in cpu else
-                    f"| {size} | {cell} | {variant} | {s['items_per_s']:.1f} | "
-                    f"{s['p50_ms']:.1f} | {cpu.get('triton', float('nan')):.2f} | - | {batch} |")
+        cells = [c for c in CELLS if any(c in v for v in by_variant.values())]
+        lines += [f"| {size} | " + " | ".join(f"{c} items/s | {c} Triton CPU ms/item"
+                                              for c in cells) + " |",
+                  "|---|" + "---:|" * (2 * len(cells))]
+        for variant, by_cell in by_variant.items():
+            row = [variant]
+            for cell in cells:
+                s = by_cell.get(cell) or {"error": "not run"}
+                cpu = s.get("cpu_ms_per_request", {}).get("triton")
+                rate = None if "error" in s else s.get("items_per_s")
+                row += [_num(rate) + (f" ({s['errors']} failed)" if s.get("errors") else ""),
+                        _num(cpu)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="tiny,base")
-    p.add_argument("--variants", default="torch-default,passive,all-cpus,default",
+    p.add_argument("--variants", default="torch-default,passive,default,1x1",
                    help=f"subset of {','.join(all_variants)}")
     p.add_argument("--cells", default=",".join(CELLS),
                    help=f"subset of {','.join(CELLS)} (workload and mode of each: CELLS)")

@@ -10,7 +10,7 @@ import pytest
 
 from gateway import cpus
 from gateway.config import Settings
-from gateway.triton.cputhreads import CpuThreading, default_threads
+from gateway.triton.cputhreads import CpuThreading
 
 
 def _write(path: Path, text: str) -> None:
@@ -114,16 +114,10 @@ def test_gateway_workers_default_to_the_available_cpus():
 
 
 # -- what the launcher hands Triton --------------------------------------------------------
-def test_default_threading_env_shares_the_cpus_over_the_towers():
+def test_default_threading_env_uses_the_cpu_count():
     env = CpuThreading().environment({}, cpus=6)
-    assert env == {"SIGLIP_TRITON_CPU_THREADS": "3", "SIGLIP_TRITON_CPU_INTEROP_THREADS": "1",
+    assert env == {"SIGLIP_TRITON_CPU_THREADS": "6", "SIGLIP_TRITON_CPU_INTEROP_THREADS": "1",
                    "OMP_WAIT_POLICY": "PASSIVE"}
-    assert CpuThreading().environment({}, cpus=6, towers=1)["SIGLIP_TRITON_CPU_THREADS"] == "6"
-
-
-@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (3, 2), (4, 2), (16, 8)])
-def test_default_threads_per_tower(cpus, threads):
-    assert default_threads(cpus, towers=2) == threads
 
 
 def test_explicit_threads_and_the_operators_wait_policy_win():

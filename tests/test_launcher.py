@@ -26,7 +26,6 @@ import tritonclient.grpc as grpcclient
 
 from gateway.cpus import available_cpus
 from gateway.triton import distribution, procgroup
-from gateway.triton.cputhreads import default_threads
 from gateway.triton.errors import explain
 from gateway.triton.launcher import (
     INSTANCE_ENV,
@@ -365,8 +364,8 @@ def test_processes_with_env_finds_ours():
 # -- the towers' CPU threading, as it reaches the stubs -------------------------------------
 @pytest.mark.triton
 @pytest.mark.parametrize(("threading", "inherited", "expected"), [
-    # Default: the CPUs Triton may use shared by the two towers, inter-op 1, passive wait.
-    (None, {}, {"SIGLIP_TRITON_CPU_THREADS": str(default_threads(available_cpus(), 2)),
+    # Default: threads = the CPUs Triton may use, inter-op 1, OpenMP's passive wait.
+    (None, {}, {"SIGLIP_TRITON_CPU_THREADS": str(available_cpus()),
                 "SIGLIP_TRITON_CPU_INTEROP_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}),
     # Explicit settings win over the launcher's environment; the operator's OpenMP tuning stays.
     (CpuThreading(threads=3, interop_threads=2),

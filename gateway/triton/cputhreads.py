@@ -27,24 +27,22 @@ class CpuThreading:
     """Threads of each tower's CPU instance.
 
     `threads`: torch intra-op threads per instance; 0 = the CPUs Triton may use (affinity
-    within the cgroup quota) shared out over the towers, rounded up; None = torch's own default
-    (every physical core). `interop_threads`: torch's inter-op pool; None = torch's default.
-    `passive_wait`: OMP_WAIT_POLICY=PASSIVE. GPU instances ignore all of it except the wait
-    policy (their CPU side barely uses OpenMP).
+    within the cgroup quota); None = torch's own default (every physical core). `interop_threads`:
+    torch's inter-op pool; None = torch's default. `passive_wait`: OMP_WAIT_POLICY=PASSIVE.
+    GPU instances ignore all of it except the wait policy (their CPU side barely uses OpenMP).
     """
 
     threads: int | None = 0
     interop_threads: int | None = 1
     passive_wait: bool = True
 
-    def environment(self, inherited: Mapping[str, str], cpus: int | None = None,
-                    towers: int = 2) -> dict[str, str]:
+    def environment(self, inherited: Mapping[str, str], cpus: int | None = None) -> dict[str, str]:
         """Variables to add to Triton's environment. An OpenMP variable already in `inherited`
         (the operator's own tuning) is left as it is."""
         env: dict[str, str] = {}
         if self.threads is not None:
-            env[THREADS_ENV] = str(self.threads or default_threads(
-                cpus if cpus is not None else available_cpus(), towers))
+            threads = self.threads or (cpus if cpus is not None else available_cpus())
+            env[THREADS_ENV] = str(threads)
         if self.interop_threads is not None:
             env[INTEROP_THREADS_ENV] = str(self.interop_threads)
         if self.passive_wait and not inherited.get(WAIT_POLICY_ENV):
@@ -55,14 +53,3 @@ class CpuThreading:
         for name, value in (("threads", self.threads), ("interop_threads", self.interop_threads)):
             if value is not None and value < (0 if name == "threads" else 1):
                 raise ValueError(f"CpuThreading.{name} = {value}: out of range")
-
-
-def default_threads(cpus: int, towers: int = 2) -> int:
-    """Intra-op threads per tower instance: the CPUs shared out over the towers, rounded up.
-
-    Both towers run at once whenever a call needs both (Classify on a label cache miss, Score,
-    mixed traffic), and the embedded Triton shares its CPUs with the gateway too. One thread
-    per tower instead of all the CPUs each measured faster and cheaper on 2 CPUs, on both
-    checkpoints (BENCHMARKS.md, CPU threading of Triton's towers).
-    """
-    return max(1, -(-cpus // max(1, towers)))

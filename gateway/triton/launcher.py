@@ -308,8 +308,7 @@ class EmbeddedTriton:
         ]
         env = dist.environment(dict(os.environ))
         if self.cpu_threading is not None:
-            towers = sum(name in MODELS for name in self.models)
-            env.update(self.cpu_threading.environment(env, towers=max(1, towers)))
+            env.update(self.cpu_threading.environment(env))
         env.update(self._extra_env)
         env.update({"SIGLIP_MODEL": self.model, INSTANCE_ENV: self.instance_id})
         tree = procgroup.spawn(argv, env)
