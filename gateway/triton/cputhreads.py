@@ -17,8 +17,8 @@ from gateway.cpus import available_cpus
 
 THREADS_ENV = "SIGLIP_TRITON_CPU_THREADS"
 INTEROP_THREADS_ENV = "SIGLIP_TRITON_CPU_INTEROP_THREADS"
-# libgomp: PASSIVE = idle workers sleep at once instead of spinning (its default spins ~300k
-# iterations after every parallel region, burning CPU the other processes need).
+# libgomp: PASSIVE = idle workers sleep at once; by default they spin a while after every
+# parallel region, burning CPU that the other tower, Triton and the gateway need.
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
 
@@ -50,6 +50,7 @@ class CpuThreading:
         return env
 
     def validate(self) -> None:
-        for name, value in (("threads", self.threads), ("interop_threads", self.interop_threads)):
-            if value is not None and value < (0 if name == "threads" else 1):
-                raise ValueError(f"CpuThreading.{name} = {value}: out of range")
+        if self.threads is not None and self.threads < 0:
+            raise ValueError(f"CPU threads {self.threads}: want 0 (the available CPUs) or more")
+        if self.interop_threads is not None and self.interop_threads < 1:
+            raise ValueError(f"CPU inter-op threads {self.interop_threads}: want 1 or more")
