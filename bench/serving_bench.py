@@ -82,8 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where ceiling/naive run (Triton's towers go where Triton puts them)")
     p.add_argument("--torch-threads", type=int,
-                   help="torch threads for ceiling/naive and (OMP_NUM_THREADS) Triton's towers; "
-                        "default: torch's own choice (the physical cores)")
+                   help="torch threads for ceiling/naive and Triton's towers; default: "
+                        "ceiling/naive torch's own choice (the physical cores), Triton's the "
+                        "launcher's (SIGLIP_TRITON_CPU_THREADS: the available CPUs)")
     p.add_argument("--processes", default="1",
                    help="comma-separated gateway process counts (SIGLIP_PROCESSES) for served: "
                         "1 is the mode served, N > 1 the mode served_pN, all in the same run")
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.torch_threads)
         triton_env["OMP_NUM_THREADS"] = str(args.torch_threads)
+        triton_env["SIGLIP_TRITON_CPU_THREADS"] = str(args.torch_threads)  # over the launcher's
     meta["torch_threads"] = args.torch_threads or "default"
     with contextlib.ExitStack() as stack:
         triton_url, triton_pid = args.triton_url, None

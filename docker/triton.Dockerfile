@@ -39,7 +39,10 @@ RUN groupadd --gid 10001 siglip \
 # Owned by root, read-only for the runtime user.
 COPY model_repository /models
 # Checkpoint, caches and /dev/shm are volumes (k8s); HOME points at the writable /tmp.
+# OMP_WAIT_POLICY: idle OpenMP workers of torch's CPU instances sleep instead of spinning
+# (libgomp reads it at load, so it must be in the environment; BENCHMARKS.md, CPU threading).
 ENV HOME=/tmp \
+    OMP_WAIT_POLICY=PASSIVE \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1

@@ -26,10 +26,13 @@ async def serve(settings: Settings) -> int:
     triton = None
     triton_url = settings.triton_url
     if not triton_url:
-        from gateway.triton.launcher import EmbeddedTriton
+        from gateway.triton.launcher import CpuThreading, EmbeddedTriton
 
+        threading = CpuThreading(threads=settings.triton_cpu_threads,
+                                 interop_threads=settings.triton_cpu_interop_threads)
         triton = EmbeddedTriton(model=str(checkpoint), restart_on_exit=True,
-                                startup_timeout_s=settings.triton_startup_timeout_s)
+                                startup_timeout_s=settings.triton_startup_timeout_s,
+                                cpu_threading=threading)
         log.info("starting embedded Triton for %s", checkpoint)
         await asyncio.to_thread(triton.start)
         triton_url = triton.grpc_url

@@ -39,6 +39,10 @@ class Settings:
     # Tensors through shared memory: auto = only with the embedded Triton (same host).
     triton_shm: str = "auto"
     triton_shm_max_bytes: int = 64 * MiB
+    # Embedded Triton, CPU instances: torch threads per tower instance (0 = the CPUs Triton
+    # may use) and its inter-op pool. Why these: BENCHMARKS.md, CPU threading of the towers.
+    triton_cpu_threads: int = 0
+    triton_cpu_interop_threads: int = 1
     # Limits (see README): checked before any work is done.
     max_message_bytes: int = ImageLimits.max_bytes
     max_images: int = RequestLimits.max_images
@@ -97,6 +101,10 @@ class Settings:
                 raise ValueError(f"SIGLIP_{name.upper()} must be at least 1")
         if self.triton_max_calls_in_flight < 0:
             raise ValueError("SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT must be 0 (off) or more")
+        if self.triton_cpu_threads < 0:
+            raise ValueError("SIGLIP_TRITON_CPU_THREADS must be 0 (auto) or more")
+        if self.triton_cpu_interop_threads < 1:
+            raise ValueError("SIGLIP_TRITON_CPU_INTEROP_THREADS must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("SIGLIP_TLS_CERT and SIGLIP_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:

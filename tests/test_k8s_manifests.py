@@ -104,6 +104,21 @@ def test_gateway_ports_match_settings(docs: list[Obj]) -> None:
     assert env["SIGLIP_WORKERS"]["resourceFieldRef"]["resource"] == "limits.cpu"
 
 
+def test_triton_cpu_threads_follow_the_cpu_limit_and_openmp_does_not_spin(
+        docs: list[Obj]) -> None:
+    tr = container(get(docs, "Deployment", TRITON), "triton")
+    env = env_of(docs, tr)
+    # The towers' torch threads = the container's CPU limit (what gateway/cpus.py computes for
+    # the embedded Triton), not the node's core count.
+    for name in ("SIGLIP_TRITON_CPU_THREADS", "OMP_NUM_THREADS"):
+        ref = env[name]["resourceFieldRef"]
+        assert (ref["resource"], ref.get("containerName"), ref["divisor"]) == (
+            "limits.cpu", "triton", "1"), name
+    assert env["SIGLIP_TRITON_CPU_INTEROP_THREADS"] == "1"
+    # libgomp reads its wait policy when torch loads: it must come with the environment.
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
 def test_triton_probes(docs: list[Obj]) -> None:
     tr = triton_container(triton_workload(docs))
     assert tr["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"

@@ -24,10 +24,12 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
+from gateway.cpus import available_cpus
 from gateway.triton import distribution, procgroup
 from gateway.triton.errors import explain
 from gateway.triton.launcher import (
     INSTANCE_ENV,
+    CpuThreading,
     EmbeddedTriton,
     TritonStartupError,
     TritonState,
@@ -357,3 +359,30 @@ def test_watchdog_kills_the_group_when_its_owner_is_sigkilled():
 def test_processes_with_env_finds_ours():
     assert os.getpid() in procgroup.processes_with_env("PATH", os.environ["PATH"])
     assert procgroup.processes_with_env(MARKER_ENV, uuid.uuid4().hex) == []
+
+
+# -- the towers' CPU threading, as it reaches the stubs -------------------------------------
+@pytest.mark.triton
+@pytest.mark.parametrize(("threading", "inherited", "expected"), [
+    # Default: threads = the CPUs Triton may use, inter-op 1, OpenMP's passive wait.
+    (None, {}, {"SIGLIP_TRITON_CPU_THREADS": str(available_cpus()),
+                "SIGLIP_TRITON_CPU_INTEROP_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}),
+    # Explicit settings win over the launcher's environment; the operator's OpenMP tuning stays.
+    (CpuThreading(threads=3, interop_threads=2),
+     {"SIGLIP_TRITON_CPU_THREADS": "7", "OMP_WAIT_POLICY": "ACTIVE"},
+     {"SIGLIP_TRITON_CPU_THREADS": "3", "SIGLIP_TRITON_CPU_INTEROP_THREADS": "2",
+      "OMP_WAIT_POLICY": "ACTIVE"}),
+])
+def test_cpu_threading_reaches_the_stubs_environment(
+        standin_repository, standin_checkpoint, monkeypatch, threading, inherited, expected):
+    for name, value in inherited.items():
+        monkeypatch.setenv(name, value)
+    kwargs = {} if threading is None else {"cpu_threading": threading}
+    with EmbeddedTriton(model=str(standin_checkpoint), model_repository=standin_repository,
+                        startup_timeout_s=60, **kwargs) as triton:
+        stubs = [p for p in psutil.Process(triton.pid).children(recursive=True)
+                 if "stub" in Path(p.cmdline()[0]).name]
+        assert len(stubs) == 2
+        for stub in stubs:
+            env = stub.environ()
+            assert {k: env.get(k) for k in expected} == expected

@@ -1,5 +1,5 @@
-"""The pieces of ``serve --processes N`` that need no process: CPU counting (cgroup quotas),
-the settings' defaults, the worker spec and the port check."""
+"""The pieces of ``serve --processes N`` that need no process: the settings' defaults, the
+worker spec and the port check (CPU counting itself: test_cpus.py)."""
 
 from __future__ import annotations
 
@@ -9,40 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
-from gateway.processes.cpus import (
-    available_cpus,
-    cgroup_cpu_quota,
-    default_processes,
-    default_threads,
-)
+from gateway.cpus import available_cpus
+from gateway.processes.cpus import default_processes, default_threads
 from gateway.processes.sockets import PortTaken, reserve_port
 from gateway.processes.worker import WorkerSpec
-
-
-def test_cgroup_v2_quota(tmp_path: Path):
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cgroup_cpu_quota(tmp_path) is None
-    (tmp_path / "cpu.max").write_text("250000 100000\n")
-    assert cgroup_cpu_quota(tmp_path) == 2.5
-    (tmp_path / "cpu.max").write_text("50000 100000\n")
-    assert available_cpus(tmp_path) == 1  # half a CPU still runs one process
-
-
-def test_cgroup_v1_quota(tmp_path: Path):
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cgroup_cpu_quota(tmp_path) is None
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
-    assert cgroup_cpu_quota(tmp_path) == 1.0
-    assert available_cpus(tmp_path) == 1
-
-
-def test_no_cgroup_files_means_the_affinity_mask(tmp_path: Path):
-    import os
-
-    assert cgroup_cpu_quota(tmp_path) is None
-    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize(("cpus", "embedded", "expected"),

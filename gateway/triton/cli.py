@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from gateway.triton.errors import TritonStartupError
-from gateway.triton.launcher import EmbeddedTriton, TritonState
+from gateway.triton.launcher import CpuThreading, EmbeddedTriton, TritonState
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind-address", default="127.0.0.1")
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--restart", action="store_true", help="restart Triton if it dies")
+    parser.add_argument("--cpu-threads", type=int, default=0,
+                        help="torch threads per CPU tower instance; 0 = the CPUs Triton may use")
+    parser.add_argument("--cpu-interop-threads", type=int, default=1,
+                        help="torch inter-op threads per CPU tower instance")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, model_repository=args.model_repository, grpc_port=args.grpc_port,
         http_port=args.http_port, metrics_port=args.metrics_port,
         bind_address=args.bind_address, startup_timeout_s=args.startup_timeout,
-        restart_on_exit=args.restart, logger=log)
+        restart_on_exit=args.restart, logger=log,
+        cpu_threading=CpuThreading(threads=args.cpu_threads,
+                                   interop_threads=args.cpu_interop_threads))
     if not args.restart:
         triton.add_state_listener(
             lambda state, _: done.set() if state is TritonState.EXITED else None)

@@ -25,16 +25,18 @@ from types import TracebackType
 
 from gateway.contract import TOWER_MODELS
 from gateway.triton import distribution, procgroup, readiness
+from gateway.triton.cputhreads import CpuThreading
 from gateway.triton.errors import TritonStartupError, checkpoint_problem, describe_exit, explain
 from gateway.triton.ports import PortUnavailable, TritonPorts, pick_ports
 from gateway.triton.tritonlog import TritonLog
 
-__all__ = ["MODELS", "EmbeddedTriton", "TritonPorts", "TritonStartupError", "TritonState",
-           "default_model_repository"]
+__all__ = ["MODELS", "CpuThreading", "EmbeddedTriton", "TritonPorts", "TritonStartupError",
+           "TritonState", "default_model_repository"]
 
 MODELS = TOWER_MODELS
 # Set in Triton's environment (so in its stubs' too): tells our processes from any other.
 INSTANCE_ENV = "SIGLIP_TRITON_INSTANCE"
+DEFAULT_CPU_THREADING = CpuThreading()
 _BACKOFF_MAX_S = 30.0
 _STABLE_S = 60.0  # a run ready this long resets the restart backoff
 
@@ -73,7 +75,10 @@ class EmbeddedTriton:
         restart_backoff_s: float = 1.0, env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (), models: Sequence[str] = MODELS,
         cache_dir: Path | None = None, logger: logging.Logger | None = None,
+        cpu_threading: CpuThreading | None = DEFAULT_CPU_THREADING,
     ) -> None:
+        """`cpu_threading`: the towers' CPU threads (cputhreads.py); None leaves torch's and
+        OpenMP's defaults (for comparisons). `env` is added to Triton's environment last."""
         self.model = model
         self.model_repository = Path(model_repository or default_model_repository()).resolve()
         self._requested = (http_port, grpc_port, metrics_port)
@@ -85,6 +90,9 @@ class EmbeddedTriton:
         self._extra_args = list(extra_args)
         self.models = tuple(models)
         self._cache_dir = cache_dir
+        if cpu_threading is not None:
+            cpu_threading.validate()
+        self.cpu_threading = cpu_threading
         self.log = logger or logging.getLogger("gateway.triton")
         self.instance_id = uuid.uuid4().hex
         self._ports: TritonPorts | None = None
@@ -299,6 +307,8 @@ class EmbeddedTriton:
             "--exit-on-error=true", "--strict-readiness=true", *self._extra_args,
         ]
         env = dist.environment(dict(os.environ))
+        if self.cpu_threading is not None:
+            env.update(self.cpu_threading.environment(env))
         env.update(self._extra_env)
         env.update({"SIGLIP_MODEL": self.model, INSTANCE_ENV: self.instance_id})
         tree = procgroup.spawn(argv, env)

@@ -56,6 +56,38 @@ def _utf8_locale():
             return
 
 
+def _cpu_threads():
+    """Applies the torch thread counts given for CPU instances; returns (intra-op, inter-op).
+
+    $SIGLIP_TRITON_CPU_THREADS sets the intra-op pool (one forward's parallel loops; OpenMP in
+    the CPU wheel), $SIGLIP_TRITON_CPU_INTEROP_THREADS the inter-op pool (unused by eager
+    towers; it only grows its threads on first use). Both are set by the embedded launcher or
+    the deployment from the CPUs Triton may use; unset leaves torch's default (every physical
+    core of the machine, whatever the container's quota). OpenMP's wait policy cannot be set
+    here: libgomp reads it when it loads, so it comes with Triton's environment.
+    """
+    for name, setter in (("SIGLIP_TRITON_CPU_THREADS", torch.set_num_threads),
+                         ("SIGLIP_TRITON_CPU_INTEROP_THREADS", torch.set_num_interop_threads)):
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ValueError(f"{name}={raw!r}: want a whole number >= 1")
+            try:
+                setter(int(raw))
+            except RuntimeError as exc:  # inter-op: only before its first use in this process
+                _log(f"{name}={raw} not applied: {exc}")
+    return torch.get_num_threads(), torch.get_num_interop_threads()
+
+
+def _log(message):
+    """Into Triton's log (the launcher forwards it), where the backend offers a logger."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_info(message)
+    else:
+        print(message, flush=True)
+
+
 def _error(message, code="INTERNAL"):
     # Bad input maps to INVALID_ARGUMENT at the client; TritonError codes exist since Triton 23.x.
     code = getattr(pb_utils.TritonError, code, None)
@@ -154,6 +186,10 @@ class TritonPythonModel:
 
         gpu = args.get("model_instance_kind") == "GPU"
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
+        if not gpu:  # GPU instances keep torch's defaults: their CPU side only stages batches
+            intra, inter = _cpu_threads()
+            name = args.get("model_instance_name", config["name"])
+            _log(f"{name}: CPU instance, torch threads {intra} intra-op, {inter} inter-op")
         # fp16 on CPU is slow or unsupported for several ops: CPU always runs fp32.
         dtype_name = (os.environ.get("SIGLIP_DTYPE") or "float16") if gpu else "float32"
         if dtype_name not in DTYPES:
