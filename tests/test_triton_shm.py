@@ -9,10 +9,12 @@ restarted Triton gets new registrations; a Triton that cannot open our files mea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import imagegen
 import numpy as np
@@ -174,17 +176,28 @@ async def test_triton_that_cannot_open_our_files_means_grpc(embedded_triton, tin
         await reference.close()
 
 
-async def test_sigkilled_gateway_leaves_no_file_only_tritons_mapping(embedded_triton,
-                                                                    tiny_checkpoint, tmp_path):
-    gw = GatewayProcess(tiny_checkpoint, embedded_triton.grpc_url, tmp_path / "gw.log",
-                        env={"SIGLIP_TRITON_SHM": "on"})
+@contextlib.asynccontextmanager
+async def _gateway_holding_regions(triton, checkpoint, log: Path):
+    """A gateway process with shared memory on, after one call that registered two regions
+    (pixels, token ids), and a gRPC-only backend to look at Triton's registrations."""
+    gw = GatewayProcess(checkpoint, triton.grpc_url, log, env={"SIGLIP_TRITON_SHM": "on"})
     await gw.start(timeout_s=60)
-    probe = _backend(embedded_triton.grpc_url, embedding_dim(tiny_checkpoint), shm=False)
+    probe = _backend(triton.grpc_url, embedding_dim(checkpoint), shm=False)
     try:
         from gateway.client import SiglipClient
         async with SiglipClient(gw.target) as client:
             await client.embed([np.zeros((8, 8, 3), np.uint8), "a cat"], timeout=60)
         assert len(await _triton_regions(probe, gw.pid)) == 2
+        yield gw, probe
+    finally:
+        gw.kill()
+        await probe.close()
+
+
+async def test_sigkilled_gateway_leaves_no_file_only_tritons_mapping(embedded_triton,
+                                                                    tiny_checkpoint, tmp_path):
+    async with _gateway_holding_regions(embedded_triton, tiny_checkpoint,
+                                        tmp_path / "gw.log") as (gw, probe):
         gw.signal(signal.SIGKILL)
         await gw.wait(10)
         assert _files(gw.pid) == []
@@ -192,28 +205,15 @@ async def test_sigkilled_gateway_leaves_no_file_only_tritons_mapping(embedded_tr
         assert len(leaked) == 2  # mapped by Triton until unregistered or Triton exits
         for name in leaked:
             await probe._client.unregister_system_shared_memory(name)
-    finally:
-        gw.kill()
-        await probe.close()
 
 
 async def test_sigtermed_gateway_unregisters_its_regions(embedded_triton, tiny_checkpoint,
                                                          tmp_path):
-    gw = GatewayProcess(tiny_checkpoint, embedded_triton.grpc_url, tmp_path / "gw.log",
-                        env={"SIGLIP_TRITON_SHM": "on"})
-    await gw.start(timeout_s=60)
-    probe = _backend(embedded_triton.grpc_url, embedding_dim(tiny_checkpoint), shm=False)
-    try:
-        from gateway.client import SiglipClient
-        async with SiglipClient(gw.target) as client:
-            await client.embed([np.zeros((8, 8, 3), np.uint8), "a cat"], timeout=60)
-        assert len(await _triton_regions(probe, gw.pid)) == 2
+    async with _gateway_holding_regions(embedded_triton, tiny_checkpoint,
+                                        tmp_path / "gw.log") as (gw, probe):
         gw.signal(signal.SIGTERM)
         assert await gw.wait(30) == 0
         assert await _triton_regions(probe, gw.pid) == [] and _files(gw.pid) == []
-    finally:
-        gw.kill()
-        await probe.close()
 
 
 @pytest.mark.timeout(300)
