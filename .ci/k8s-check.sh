@@ -10,7 +10,7 @@
 #   3. checkov on the rendered manifests and the Dockerfiles (skips listed and justified below).
 #   4. hadolint on both Dockerfiles (every finding fails, severity info and up).
 # Semantic checks (probes, PDBs, grace periods, NetworkPolicy...) are in
-# tests/test_k8s_*.py, which render the overlays themselves.
+# tests/deploy/test_k8s_*.py, which render the overlays themselves.
 #
 # Standalone and idempotent: tools go into their own venv, .cache/k8s-venv (checkov has many
 # dependencies; kept out of the project venv), rebuilt only when the pins below change.
@@ -177,7 +177,7 @@ log "kubernetes-validate --strict ($K8S_VERSION): ok"
 #     release; k8s/base pins them by version tag in its one `images:` block, and the deploy
 #     steps (README.md, Deploy) replace the tag with the pushed digest via `kustomize edit set
 #     image`. No digest exists before the push. Moving tags (:latest, none) are refused by
-#     tests/test_k8s_images.py and by CKV_K8S_14, which stays on.
+#     tests/deploy/test_k8s_images.py and by CKV_K8S_14, which stays on.
 #   CKV_K8S_15 (imagePullPolicy Always): with immutable release tags or digests, Always only
 #     adds a registry round trip to every pod start, and makes scale-up and restarts fail
 #     while the registry is unreachable; IfNotPresent runs the same bytes.

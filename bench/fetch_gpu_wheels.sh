@@ -35,7 +35,7 @@ WHEELS=(
   python-rapidjson==1.25
   ml-dtypes==0.5.4
   # the embedded Triton: tritonserver 2.51 binary, python-backend stubs for 3.8-3.13.
-  # gateway.triton.distribution only locates the package (importlib find_spec) and never
+  # gateway.embedded_triton.distribution only locates the package (importlib find_spec) and never
   # imports it, so pytriton's own Python dependencies (pyzmq, typer, sh, ...) are not needed.
   nvidia-pytriton==0.7.0
 )

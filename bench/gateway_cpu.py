@@ -5,7 +5,7 @@
 
 Throughput on a small shared machine follows whatever else runs there; the CPU seconds the
 gateway process itself spends per call follow it much less. Here Triton is the fake of the
-tests (tests/fake_triton.py, in this process: its CPU is not the gateway's), answering each
+tests (tests/support/fake_triton.py, in this process: its CPU is not the gateway's), answering each
 call after ``--triton-ms``. One gateway subprocess per value of ``--env``, all started at once
 and measured in turns (round by round), each with C calls in flight of one workload (Embed of
 one text, unique per call, or of one raw 256x256 image). Prints, per value, the median round:
@@ -24,18 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent),
-                str(Path(__file__).resolve().parent.parent / "tests")]
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-from fake_triton import FakeTriton  # noqa: E402
-from gateway_harness import embedding_dim  # noqa: E402
 from serving_procs import GatewayProcess, cached_checkpoint  # noqa: E402
 
 from siglip.v1 import siglip_pb2 as pb  # noqa: E402
 from siglip.v1 import siglip_pb2_grpc as pb_grpc  # noqa: E402
+from tests.support.fake_triton import FakeTriton  # noqa: E402
+from tests.support.gateway_harness import embedding_dim  # noqa: E402
 
 
 def request(workload: str, n: int) -> pb.EmbedRequest:

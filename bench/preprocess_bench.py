@@ -58,7 +58,7 @@ def pipelines() -> dict[str, Pipeline]:
     from transformers.image_utils import load_image
 
     # The Pillow processor under either major (5.x's SiglipImageProcessor may be torchvision's),
-    # converting no colours after load_image, as 4.x's: see tests/hf_reference.py.
+    # converting no colours after load_image, as 4.x's: see tests/support/hf_reference.py.
     cls = getattr(transformers, "SiglipImageProcessorPil", None) or \
         transformers.SiglipImageProcessor
     proc = cls(size={"height": SIZE, "width": SIZE}, do_rescale=False, do_normalize=False,

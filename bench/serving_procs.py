@@ -4,7 +4,7 @@ The gateway runs as its own process (`python -m gateway serve ... --triton-url U
 benchmark's load client and the server do not share one GIL: the served numbers then
 include exactly what a deployment pays (a process boundary and two gRPC hops), no less.
 Triton is the same embedded server the gateway starts for itself
-(gateway.triton.launcher.EmbeddedTriton), started here once and shared by `direct` and
+(gateway.embedded_triton.launcher.EmbeddedTriton), started here once and shared by `direct` and
 `served`.
 """
 
@@ -51,7 +51,7 @@ def embedded_triton(checkpoint: Path, startup_timeout_s: float,
                     env: dict[str, str] | None = None,
                     model_repository: Path | None = None) -> Iterator[tuple[str, int | None]]:
     """Starts the embedded Triton on `checkpoint`; yields its gRPC HOST:PORT and its pid."""
-    from gateway.triton.launcher import EmbeddedTriton
+    from gateway.embedded_triton.launcher import EmbeddedTriton
 
     triton = EmbeddedTriton(model=str(checkpoint), startup_timeout_s=startup_timeout_s,
                             env=env, model_repository=model_repository)

@@ -27,7 +27,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 import numpy as np  # noqa: E402
 from serving_procs import CpuMeter, cached_checkpoint, embedded_triton  # noqa: E402
 
-from gateway.backend.triton import TritonBackend  # noqa: E402
+from gateway.backend.triton_client import TritonBackend  # noqa: E402
 from gateway.core.model_meta import load_model_meta  # noqa: E402
 
 MiB = 1024 * 1024

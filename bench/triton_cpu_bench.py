@@ -9,7 +9,7 @@ within a round, so the comparison holds under drifting background load; --rounds
 each cell's median round. Per cell: items/s, p50/p99, Triton's mean batch, and the CPU each
 process spent per item (client, gateway, Triton with its python-backend stubs: serving_procs).
 
-Variants (name: what Triton's environment gets; see gateway/triton/cputhreads.py):
+Variants (name: what Triton's environment gets; see gateway/embedded_triton/cputhreads.py):
   torch-default  nothing: torch's threads (every physical core), OpenMP's spin-then-sleep
   passive        OMP_WAIT_POLICY=PASSIVE only
   threads1       SIGLIP_TRITON_CPU_THREADS=1 only (libgomp still spins by default)
@@ -44,8 +44,8 @@ from serving_runner import RemoteSide  # noqa: E402
 from serving_workloads import WORKLOADS, Payloads, UniqueTexts  # noqa: E402
 
 from gateway.cpus import available_cpus  # noqa: E402
-from gateway.triton.cputhreads import CpuThreading  # noqa: E402
-from gateway.triton.launcher import EmbeddedTriton, default_model_repository  # noqa: E402
+from gateway.embedded_triton.cputhreads import CpuThreading  # noqa: E402
+from gateway.embedded_triton.launcher import EmbeddedTriton, default_model_repository  # noqa: E402
 
 log = logging.getLogger("triton_cpu_bench")
 

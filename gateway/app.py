@@ -26,7 +26,7 @@ async def serve(settings: Settings) -> int:
     triton = None
     triton_url = settings.triton_url
     if not triton_url:
-        from gateway.triton.launcher import CpuThreading, EmbeddedTriton
+        from gateway.embedded_triton.launcher import CpuThreading, EmbeddedTriton
 
         threading = CpuThreading(threads=settings.triton_cpu_threads,
                                  interop_threads=settings.triton_cpu_interop_threads)

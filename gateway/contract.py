@@ -4,7 +4,7 @@ Model names, tensor names and datatypes, the fixed input shapes and the rows one
 are defined here once, and the Triton client, the coalescer, the embedded launcher, the ONNX
 exporter, the checkpoint maker and the tests import them. Triton reads its side of the same
 contract from model_repository/*/config.pbtxt, which cannot import Python:
-tests/test_contract.py checks that those files state exactly these values.
+tests/unit/test_contract.py checks that those files state exactly these values.
 """
 
 from __future__ import annotations

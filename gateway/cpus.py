@@ -1,15 +1,15 @@
 """How many CPUs this process may use: its affinity mask within its cgroup's CPU quota.
 
-The one place that counts CPUs: the gateway's default worker count (config.py) and the
-embedded Triton's CPU threading (gateway/triton/launcher.py) both ask here. Triton's towers do
-not count CPUs themselves: they get the launcher's numbers through their environment
-(model_repository/README.md), or the deployment's (k8s: the container's CPU limit).
+The one place that counts CPUs: the gateway's default process and thread counts (config.py,
+gateway/processes/cpus.py) and the embedded Triton's CPU threading (gateway/embedded_triton/) ask
+here. Triton's towers do not count CPUs themselves: they get the launcher's numbers through their
+environment (model_repository/README.md), or the deployment's (k8s: the container's CPU limit).
 
-`os.cpu_count()` and torch's default see every core of the machine; a container limited by a
-CFS quota (docker --cpus, a Kubernetes CPU limit) may use only a fraction of them, and threads
-beyond it are throttled in lockstep. The quota is read from cgroup v2 (`cpu.max`) or v1
-(`cpu.cfs_quota_us` / `cpu.cfs_period_us`), the tightest one on the path from this process's
-cgroup up to the hierarchy's root.
+`os.cpu_count()` and torch's default see every core of the machine; a container limited by a CFS
+quota (docker --cpus, a Kubernetes CPU limit) may use only a fraction of them, and threads beyond it
+are throttled in lockstep. The quota is read from cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us` /
+`cpu.cfs_period_us`), the tightest one on the path from this process's cgroup up to the hierarchy's
+root.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from gateway.admission import Admission
 from gateway.api.auth import BearerTokenInterceptor
 from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
 from gateway.backend.coalescing import CoalescingBackend
-from gateway.backend.triton import TritonBackend
+from gateway.backend.triton_client import TritonBackend
 from gateway.config import Settings
 from gateway.contract import ENCODED_MODEL, TOWER_MODELS
 from gateway.core.cache import EmbeddingCache

@@ -12,9 +12,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.cache/venv-transformers5
 TESTS=(
-  tests/test_text.py tests/test_images.py tests/test_scoring.py tests/test_checkpoint.py
-  tests/test_model_py.py tests/test_cache.py tests/test_engine.py
-  tests/test_triton_models.py tests/test_gateway_e2e.py
+  tests/unit/test_text.py tests/unit/test_images.py tests/unit/test_scoring.py tests/tools/test_checkpoint.py
+  tests/unit/test_model_py.py tests/unit/test_cache.py tests/unit/test_engine.py
+  tests/real_triton/test_triton_models.py tests/real_triton/test_gateway_e2e.py
 )
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -25,6 +25,6 @@ fi
 # This venv first on PATH even when called from test.sh's activated .venv: the embedded
 # Triton's stub finds its Python (so the towers' transformers) on PATH.
 export VIRTUAL_ENV="$PWD/$VENV" PATH="$PWD/$VENV/bin:$PATH"
-# tests/test_checkpoint.py loads this run's checkpoint under 4.57 too, with the main venv.
+# tests/tools/test_checkpoint.py loads this run's checkpoint under 4.57 too, with the main venv.
 if [ -x .venv/bin/python ]; then export SIGLIP_TEST_OTHER_PYTHON="$PWD/.venv/bin/python"; fi
 python -m pytest "${TESTS[@]}" "$@"

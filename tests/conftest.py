@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
-from k8s_render import OVERLAYS, Obj, render
+
+from tests.support.k8s_render import OVERLAYS, Obj, render
 
 if TYPE_CHECKING:
-    from gateway.triton.launcher import EmbeddedTriton
+    from gateway.embedded_triton.launcher import EmbeddedTriton
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def embedded_triton(tiny_checkpoint: Path) -> Iterator[EmbeddedTriton]:
     session: starting one costs 30 s to minutes on a small busy CPU machine (each model's
     stub imports torch and transformers). Don't stop or kill it; tests that need to, start
     their own. Its start-up timeout stays within pytest's 300 s per-test timeout."""
-    from gateway.triton.launcher import EmbeddedTriton
+    from gateway.embedded_triton.launcher import EmbeddedTriton
 
     triton = EmbeddedTriton(model=str(tiny_checkpoint), startup_timeout_s=270,
                             logger=logging.getLogger("tests.embedded_triton"))
@@ -56,10 +57,10 @@ def docs(overlay: str) -> list[Obj]:
 
 @pytest_asyncio.fixture(scope="module")
 async def fake(tiny_checkpoint: Path):
-    """A fake Triton (tests/fake_triton.py) per test module, with the tiny checkpoint's
+    """A fake Triton (tests/support/fake_triton.py) per test module, with the tiny checkpoint's
     embedding size: exact delays and errors for the fault tests."""
-    from fake_triton import FakeTriton
-    from gateway_harness import embedding_dim
+    from tests.support.fake_triton import FakeTriton
+    from tests.support.gateway_harness import embedding_dim
 
     async with FakeTriton(embedding_dim(tiny_checkpoint)) as fake:
         yield fake

@@ -7,7 +7,7 @@ The tokenizer lower-cases and strips punctuation itself; nothing is normalized h
 
 Thread safety: ``encode`` may be called from several threads at once. SiglipTokenizer keeps no
 per-call state (transformers 4.57: the only shared write is a "warn once" dict) and
-SentencePiece's Encode is const; ``tests/test_text.py`` checks concurrent calls against serial
+SentencePiece's Encode is const; ``tests/unit/test_text.py`` checks concurrent calls against serial
 ones, under 4.57 and 5.x. It is pure Python around a small C call and holds the GIL, so threads
 add no throughput.
 """

@@ -11,7 +11,7 @@ SIGTERM: forwarded to every worker, which drains as one process does; the parent
 plus a margin, then SIGKILL) and returns. The embedded Triton, if any, is the caller's
 (gateway/app.py), stopped after this returns.
 
-Workers are children guarded by gateway/triton/procgroup.py (death signal and watchdog): if
+Workers are children guarded by gateway/embedded_triton/procgroup.py (death signal and watchdog): if
 the parent dies, however, they die too. They are spawned from the event loop's thread, since
 a death signal follows the thread that forked.
 """
@@ -31,11 +31,11 @@ from pathlib import Path
 import gateway
 from gateway.config import Settings
 from gateway.core.model_meta import ModelMeta
+from gateway.embedded_triton import procgroup
+from gateway.embedded_triton.errors import describe_exit
 from gateway.processes.aggregate import AggregatedMetrics
 from gateway.processes.sockets import reserve_port
 from gateway.processes.worker import LISTENING, READY, SPEC_ENV, WorkerSpec
-from gateway.triton import procgroup
-from gateway.triton.errors import describe_exit
 
 log = logging.getLogger("gateway")
 
