@@ -4,7 +4,7 @@
 
 Runs model_repository/siglip_image_decode/1/model.py's `Preprocessor` in-process (no Triton).
 Pixels: PSNR and max |diff| vs gateway.core.images.preprocess_encoded (EXACT) on the JPEG
-entries of bench.preprocess_images.fidelity_set(), for
+entries of tests.support.photos.fidelity_set(), for
   cpu        a CPU instance: libjpeg (the model's host decoder: torchvision if it imports here,
              else Pillow; same pixels) and torch's uint8 bicubic resize
   gpu_arith  a GPU instance's arithmetic, on the CPU: the same decode, float32 resize + round
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from bench.preprocess_bench import measure, psnr
-from bench.preprocess_images import fidelity_set, photo_jpeg
 from gateway.core.images import ImageLimits, preprocess_encoded
+from tests.support.photos import fidelity_set, photo_jpeg
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "model_repository" / "siglip_image_decode" / "1"
 SIZE = (256, 256)

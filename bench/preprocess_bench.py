@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.preprocess_images import fidelity_set, photo_jpeg, photo_png
 from gateway.core import image_fast
+from tests.support.photos import fidelity_set, photo_jpeg, photo_png
 
 SIZE = 256
 Pipeline = Callable[[bytes], np.ndarray]

@@ -24,9 +24,9 @@ from google.protobuf import json_format, text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
-from bench.preprocess_images import encode, photo_array, photo_jpeg
 from gateway.core.errors import InvalidInput
 from gateway.core.images import ImageLimits, preprocess_encoded
+from tests.support.photos import encode, photo_array, photo_jpeg
 from tests.support.python_backend import _InferenceRequest, _make_stub, _output, _request
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"

@@ -1,4 +1,4 @@
-"""Deterministic, photo-like test images for the preprocessing benchmark (encoded bytes).
+"""Deterministic, photo-like images (encoded bytes) for the benchmarks and the tests.
 
 "Photo-like" matters for JPEG timings: decode cost follows the entropy-coded size, which
 follows the content. These have smooth gradients, hard edges, a patch of fine texture and
