@@ -1,10 +1,15 @@
-"""Triton python-backend model: the SigLIP vision tower.
+"""Triton python-backend model: one SigLIP tower, the one config parameter `tower` names.
 
-Contract (see model_repository/README.md): input `pixels` uint8 [N, 256, 256, 3] (RGB, HWC,
-already resized); output `image_embeds` fp32 [N, D], equal to SiglipModel.get_image_features
-(not normalized). Scaling to [-1, 1] happens here, on the device, in the compute dtype.
+The one file serves both towers: siglip_text/1/model.py is a link to this file, since Triton
+loads each model directory on its own and a directory holds no code of another. Contract (see
+model_repository/README.md and gateway/contract.py):
+- `tower: "vision"`: input `pixels` uint8 [N, 256, 256, 3] (RGB, HWC, already resized); output
+  `image_embeds` fp32 [N, D], equal to SiglipModel.get_image_features (not normalized).
+  Scaling to [-1, 1] happens here, on the device, in the compute dtype.
+- `tower: "text"`: input `input_ids` int64 [N, 64] (SigLIP tokenizer, padding="max_length");
+  output `text_embeds` fp32 [N, D], equal to SiglipModel.get_text_features(input_ids=...)
+  with no attention mask, as SigLIP was trained.
 
-Self-contained on purpose: Triton loads each model directory on its own.
 Checkpoint: config parameter `model`, else $SIGLIP_MODEL, else the hub's siglip-base-patch16-256.
 GPU instances compute in fp16 ($SIGLIP_DTYPE may say float16|bfloat16|float32); CPU in fp32.
 Compilation: config parameter `compile_mode` (or $SIGLIP_COMPILE_MODE, which wins): empty for
@@ -19,10 +24,9 @@ import os
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from transformers import SiglipVisionModel
+from transformers import SiglipTextModel, SiglipVisionModel
 
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
-INPUT, OUTPUT = "pixels", "image_embeds"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -176,12 +180,77 @@ class BatchRunner:
             return out.float().cpu().numpy()
 
 
+class VisionTower:
+    """Pixels in, image features out; the processor's scaling runs on the device."""
+
+    name, input, output, np_dtype = "vision", "pixels", "image_embeds", np.uint8
+
+    @staticmethod
+    def load(checkpoint, row_shape):
+        model = SiglipVisionModel.from_pretrained(checkpoint)
+        size = model.config.image_size
+        if row_shape != (size, size, 3):
+            raise ValueError(f"pixels dims {list(row_shape)}, checkpoint wants {size}x{size}")
+        return model
+
+    @staticmethod
+    def function(model, dtype):
+        def tower(pixels):
+            # The processor's rescale (1/255) and normalize (mean = std = 0.5), in that order.
+            x = pixels.permute(0, 3, 1, 2).to(dtype).div_(255.0).sub_(0.5).div_(0.5)
+            return model(pixel_values=x).pooler_output
+
+        return tower
+
+    @staticmethod
+    def check_values(array, model):
+        return None
+
+
+class TextTower:
+    """Token ids in (no attention mask: SigLIP attends to its padding), text features out."""
+
+    name, input, output, np_dtype = "text", "input_ids", "text_embeds", np.int64
+
+    @staticmethod
+    def load(checkpoint, row_shape):
+        model = SiglipTextModel.from_pretrained(checkpoint)
+        positions = model.config.max_position_embeddings
+        if len(row_shape) != 1 or row_shape[0] > positions:
+            raise ValueError(f"input_ids dims {list(row_shape)} exceed the checkpoint's "
+                             f"{positions} positions")
+        return model
+
+    @staticmethod
+    def function(model, dtype):
+        def tower(input_ids):
+            return model(input_ids=input_ids).pooler_output
+
+        return tower
+
+    @staticmethod
+    def check_values(array, model):
+        # An out-of-range id would crash the embedding lookup of a whole batch: checked per request.
+        vocab = model.config.vocab_size
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= vocab:
+            return f"input_ids ids must lie in [0, {vocab}), got [{low}, {high}]"
+        return None
+
+
+TOWERS = {tower.name: tower for tower in (VisionTower, TextTower)}
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        out_type = pb_utils.get_output_config_by_name(config, OUTPUT)["data_type"]
+        name = _param(config, "tower")
+        if name not in TOWERS:
+            raise ValueError(f"parameter tower={name!r}: want one of {sorted(TOWERS)}")
+        self.tower = TOWERS[name]
+        out_type = pb_utils.get_output_config_by_name(config, self.tower.output)["data_type"]
         self.out_dtype = pb_utils.triton_string_to_numpy(out_type)
-        in_dims = pb_utils.get_input_config_by_name(config, INPUT)["dims"]
+        in_dims = pb_utils.get_input_config_by_name(config, self.tower.input)["dims"]
         self.row_shape = tuple(int(d) for d in in_dims)
 
         gpu = args.get("model_instance_kind") == "GPU"
@@ -197,18 +266,9 @@ class TritonPythonModel:
         self.dtype = DTYPES[dtype_name]
 
         checkpoint = _param(config, "model") or os.environ.get("SIGLIP_MODEL") or DEFAULT_MODEL
-        model = SiglipVisionModel.from_pretrained(checkpoint)
-        size = model.config.image_size
-        if self.row_shape != (size, size, 3):
-            raise ValueError(f"{INPUT} dims {list(self.row_shape)}, checkpoint wants {size}x{size}")
+        model = self.tower.load(checkpoint, self.row_shape)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-
-        dtype, model = self.dtype, self.model
-
-        def tower(pixels):
-            # The processor's rescale (1/255) and normalize (mean = std = 0.5), in that order.
-            x = pixels.permute(0, 3, 1, 2).to(dtype).div_(255.0).sub_(0.5).div_(0.5)
-            return model(pixel_values=x).pooler_output
+        tower = self.tower.function(self.model, self.dtype)
 
         compile_mode = os.environ.get("SIGLIP_COMPILE_MODE", _param(config, "compile_mode"))
         if compile_mode not in COMPILE_MODES:
@@ -216,7 +276,8 @@ class TritonPythonModel:
         rows = int(config["max_batch_size"])
         buckets = _buckets(_param(config, "batch_buckets") or str(rows), rows)
         self.runner = BatchRunner(tower, device=self.device, rows=rows, row_shape=self.row_shape,
-                                  np_dtype=np.uint8, compile_mode=compile_mode, buckets=buckets)
+                                  np_dtype=self.tower.np_dtype, compile_mode=compile_mode,
+                                  buckets=buckets)
         # Fail at load, not on the first request, if the checkpoint or device is unusable; and
         # pay for compilation (every bucket) now rather than in the first requests.
         self.runner.warm_up()
@@ -226,18 +287,21 @@ class TritonPythonModel:
 
     def _check(self, request):
         """The request's array, or an error message that fails this request alone."""
-        tensor = pb_utils.get_input_tensor_by_name(request, INPUT)
+        name, dtype = self.tower.input, np.dtype(self.tower.np_dtype)
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
-            return None, f"missing input {INPUT!r}"
+            return None, f"missing input {name!r}"
         array = _read(tensor)
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != self.row_shape:
+        if (array.dtype != dtype or array.ndim != 1 + len(self.row_shape)
+                or array.shape[1:] != self.row_shape):
             return None, (
-                f"{INPUT} must be uint8 [N, {', '.join(map(str, self.row_shape))}], "
+                f"{name} must be {dtype} [N, {', '.join(map(str, self.row_shape))}], "
                 f"got {array.dtype} {list(array.shape)}"
             )
         if array.shape[0] == 0:
-            return None, f"{INPUT} has no rows"
-        return array, None
+            return None, f"{name} has no rows"
+        message = self.tower.check_values(array, self.model)
+        return (None, message) if message else (array, None)
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -255,10 +319,11 @@ class TritonPythonModel:
             embeds = self._forward(self.runner.gather(arrays))
         except Exception as exc:  # e.g. CUDA OOM: fail this batch's requests, keep serving
             for i in owners:
-                responses[i] = _error(f"vision forward failed: {type(exc).__name__}: {exc}")
+                responses[i] = _error(
+                    f"{self.tower.name} forward failed: {type(exc).__name__}: {exc}")
             return responses
         offsets = np.cumsum([len(a) for a in arrays])[:-1]
         for i, part in zip(owners, np.split(embeds, offsets), strict=True):
-            output = _tensor(OUTPUT, part)
+            output = _tensor(self.tower.output, part)
             responses[i] = pb_utils.InferenceResponse(output_tensors=[output])
         return responses
