@@ -293,7 +293,7 @@ def _cli(repository: Path, checkpoint: Path, marker: str) -> subprocess.Popen[st
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.embedded_triton.launcher", "--model", str(checkpoint),
+        [sys.executable, "-m", "gateway.embedded_triton", "--model", str(checkpoint),
          "--model-repository", str(repository), "--startup-timeout", "60"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
