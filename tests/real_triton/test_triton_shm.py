@@ -48,10 +48,17 @@ def _files(pid: int | None = None) -> list[str]:
             if f.startswith(f"{NAME_PREFIX}-{pid or os.getpid()}-")]
 
 
-async def _triton_regions(backend: TritonBackend, pid: int | None = None) -> list[str]:
+async def _triton_regions(backend: TritonBackend, pid: int | None = None,
+                          pool: shm_module.ShmPool | None = None) -> list[str]:
+    """Regions Triton holds for process `pid` (default: this one), or for one pool of it.
+    Other tests' gateways in this process have pools of their own."""
     status = await backend._client.get_system_shared_memory_status(as_json=True)
+    prefix = f"{NAME_PREFIX}-{pid or os.getpid()}-"
+    pool = pool if pool is not None else (None if pid else backend.shm)
+    if pool is not None:
+        prefix += f"{pool._token}-"
     return [r["name"] for r in status.get("regions", {}).values()
-            if r["name"].startswith(f"{NAME_PREFIX}-{pid or os.getpid()}-")]
+            if r["name"].startswith(prefix)]
 
 
 async def test_embeddings_through_shm_equal_grpc_exactly(embedded_triton, tiny_checkpoint):
@@ -77,7 +84,7 @@ async def test_embeddings_through_shm_equal_grpc_exactly(embedded_triton, tiny_c
         await via_grpc.close()
     probe = _backend(embedded_triton.grpc_url, dim, shm=False)
     try:
-        assert await _triton_regions(probe) == []  # close() unregistered them
+        assert await _triton_regions(probe, pool=via_shm.shm) == []  # close() unregistered them
     finally:
         await probe.close()
     assert _files() == []
@@ -133,20 +140,31 @@ async def test_a_cancelled_calls_region_is_not_reused_while_triton_writes_it(
         want = await reference.embed_images(second)
         await backend.embed_images(_pixels(64, seed=9))  # a registered idle 64-row region
         old = await _triton_regions(backend)
+        # Batches ahead of it in Triton's queue (one instance): the call is surely still in
+        # Triton when it is cancelled, however fast the machine.
+        ahead = [asyncio.ensure_future(reference.embed_images(_pixels(64, seed=10 + i)))
+                 for i in range(8)]
+        await asyncio.sleep(0.05)
         call = asyncio.ensure_future(backend.embed_images(_pixels(64, seed=1)))
-        await asyncio.sleep(0.3)  # in Triton's queue or running
+        await asyncio.sleep(0.1)  # sent: in Triton's queue behind the others
+        assert not call.done()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         assert backend.shm.retired == 1 and backend.shm.regions == 0
+        await asyncio.gather(*ahead)
         got = await backend.embed_images(second)
         np.testing.assert_array_equal(got, want)
         await wait_until(lambda: backend.shm.retired == 0, 60, what="retired region freed")
         assert not set(old) & set(await _triton_regions(backend))
-        # Client deadlines end calls the same way.
+        # Client deadlines end calls the same way (again with batches queued ahead).
+        ahead = [asyncio.ensure_future(reference.embed_images(_pixels(64, seed=20 + i)))
+                 for i in range(8)]
+        await asyncio.sleep(0.05)
         with pytest.raises(DeadlineExceeded):
-            await backend.embed_images(_pixels(64, 3), deadline=time.monotonic() + 0.2)
-        assert backend.shm.retired + backend.shm.regions >= 1
+            await backend.embed_images(_pixels(64, 3), deadline=time.monotonic() + 0.1)
+        assert backend.shm.retired == 1  # Triton still holds the call: not for reuse
+        await asyncio.gather(*ahead)
         await wait_until(lambda: backend.shm.retired == 0, 60, what="retired region freed")
     finally:
         await backend.close()
