@@ -31,7 +31,6 @@ from typing import Any
 from gateway.contract import TENSORS as CONTRACT
 from gateway.contract import TEXT_MODEL, TOWER_MODELS, VISION_MODEL
 
-VISION, TEXT = VISION_MODEL, TEXT_MODEL
 # name -> (input, output), from the one contract.
 TENSORS = {name: (CONTRACT[name][0], CONTRACT[name][2]) for name in TOWER_MODELS}
 # torch's ONNX translations (torchlib) are written for opset 18: any other opset, torch's default
@@ -98,8 +97,8 @@ def _towers(checkpoint: str) -> dict[str, tuple[Any, Any]]:
     length = text.config.max_position_embeddings
     return {
         # Batch 2, not 1: torch.export specializes dimensions of size 0 and 1.
-        VISION: (Vision(vision).eval(), torch.zeros(2, size, size, 3, dtype=torch.uint8)),
-        TEXT: (Text(text).eval(), torch.zeros(2, length, dtype=torch.int64)),
+        VISION_MODEL: (Vision(vision).eval(), torch.zeros(2, size, size, 3, dtype=torch.uint8)),
+        TEXT_MODEL: (Text(text).eval(), torch.zeros(2, length, dtype=torch.int64)),
     }
 
 
