@@ -22,6 +22,9 @@ python -m pip install -q -e '.[dev]' 'transformers>=4.57,<5'
 echo "== the README's install command in a fresh venv, with that venv's pip"
 bash scripts/check_install.sh
 
+echo "== Debian packages the tests run (prometheus, promtool, chromium)"
+bash scripts/debian_packages.sh
+
 echo "== ruff"
 ruff check .
 
