@@ -17,12 +17,27 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.core.cache import EmbeddingCache
-from gateway.core.errors import BackendRejected
+from gateway.core.errors import BackendRejected, InvalidInput
 from gateway.core.images import ImageLimits, PreprocessMode, preprocess_image, triton_decodable
 from gateway.core.model_meta import ModelMeta
+from gateway.core.prompts import (
+    check_prompt_count,
+    ensemble_key,
+    label_prompts,
+    prompt_ensemble,
+    resolve_templates,
+)
 from gateway.core.scoring import l2_normalize, score, top_k
-from gateway.core.text import DEFAULT_PROMPT_TEMPLATE, TextTokenizer, fill_prompt
-from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore
+from gateway.core.text import TextTokenizer
+from gateway.core.types import (
+    Classified,
+    Embedded,
+    EmbedItem,
+    EncodedImage,
+    ImageInput,
+    LabelScore,
+    Scored,
+)
 from gateway.core.validation import RequestLimits, check_count, check_text, check_texts
 from gateway.metrics import Metrics
 
@@ -54,42 +69,65 @@ class Engine:
         self._mode = mode
         # What this process decodes with: in TRITON mode, what Triton's decoder does not take.
         self._local_mode = PreprocessMode.EXACT if mode is PreprocessMode.TRITON else mode
-        # Text embeddings being fetched right now, by text: see _text_embeds.
-        self._in_progress: dict[str, asyncio.Future[np.ndarray]] = {}
+        # Text embeddings (raw, truncated?) being fetched right now, by text: see _text_embeds.
+        self._in_progress: dict[str, asyncio.Future[tuple[np.ndarray, bool]]] = {}
 
     async def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
                        template: str | None, k: int, deadline: float | None,
                        ) -> list[list[LabelScore]]:
+        return (await self.classify_detailed(images, labels, template, k, deadline)).scores
+
+    async def classify_detailed(self, images: Sequence[ImageInput], labels: Sequence[str],
+                                template: str | None, k: int, deadline: float | None, *,
+                                templates: Sequence[str] | None = None, truncate: bool = True,
+                                ) -> Classified:
+        """Zero-shot scores; several ``templates`` make each label a prompt ensemble."""
         check_count("images", len(images), self._limits.max_images, "image")
+        chosen = resolve_templates(template, templates)
         check_count("labels", len(labels), self._limits.max_texts, "label")
+        check_prompt_count(len(labels), len(chosen), self._limits.max_texts)
         check_texts("labels", labels, self._limits)
-        template = DEFAULT_PROMPT_TEMPLATE if template is None else template
-        prompts = [fill_prompt(template, label) for label in labels]
-        image_embeds, text_embeds = await asyncio.gather(
+        image_embeds, (label_embeds, truncated) = await asyncio.gather(
             self._image_embeds(images, _fields("images", range(len(images))), deadline),
-            self._text_embeds(prompts, deadline))
-        logits, probs = score(image_embeds, text_embeds, self.meta.logit_scale,
+            self._label_embeds(labels, chosen, deadline))
+        self._refuse_truncated(truncated, truncate, lambda j: f"labels[{j}]", "the prompt of ")
+        logits, probs = score(image_embeds, label_embeds, self.meta.logit_scale,
                               self.meta.logit_bias)
         results = []
         for row_logits, row_probs in zip(logits, probs, strict=True):
             order = top_k(row_probs, k or None)  # the API's top_k 0 means all labels
             results.append([LabelScore(labels[j], float(row_probs[j]), float(row_logits[j]))
                             for j in order])
-        return results
+        return Classified(results, np.flatnonzero(truncated).tolist())
 
     async def score(self, images: Sequence[ImageInput], texts: Sequence[str],
                     deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        scored = await self.score_detailed(images, texts, deadline)
+        return scored.logits, scored.probabilities
+
+    async def score_detailed(self, images: Sequence[ImageInput], texts: Sequence[str],
+                             deadline: float | None, *, truncate: bool = True) -> Scored:
         check_count("images", len(images), self._limits.max_images, "image")
         check_count("texts", len(texts), self._limits.max_texts, "text")
         check_texts("texts", texts, self._limits)
-        image_embeds, text_embeds = await asyncio.gather(
+        image_embeds, (text_embeds, truncated) = await asyncio.gather(
             self._image_embeds(images, _fields("images", range(len(images))), deadline),
             self._text_embeds(list(texts), deadline))
-        return score(image_embeds, text_embeds, self.meta.logit_scale, self.meta.logit_bias)
+        self._refuse_truncated(truncated, truncate, lambda j: f"texts[{j}]")
+        logits, probs = score(image_embeds, text_embeds, self.meta.logit_scale,
+                              self.meta.logit_bias)
+        return Scored(logits, probs, np.flatnonzero(truncated).tolist())
 
     async def embed(self, items: Sequence[EmbedItem], deadline: float | None,
                     field: str = "inputs") -> np.ndarray:
         """L2-normalized embeddings (N, D) in input order; images and texts may be mixed."""
+        return (await self.embed_detailed(items, deadline, field)).embeddings
+
+    async def embed_detailed(self, items: Sequence[EmbedItem], deadline: float | None,
+                             field: str = "inputs", *, normalize: bool = True,
+                             truncate: bool = True) -> Embedded:
+        """Embeddings (N, D) in input order: L2-normalized, or the towers' raw output
+        (``get_image_features`` / ``get_text_features``) when ``normalize`` is false."""
         check_count(field, len(items), self._limits.max_images + self._limits.max_texts, "input")
         image_at = [i for i, x in enumerate(items) if not isinstance(x, str)]
         text_at = [i for i, x in enumerate(items) if isinstance(x, str)]
@@ -98,16 +136,55 @@ class Engine:
         texts = [items[i] for i in text_at]
         for i, text in zip(text_at, texts, strict=True):
             check_text(f"{field}[{i}].text", text, self._limits)
-        image_embeds, text_embeds = await asyncio.gather(
+        image_embeds, (text_embeds, truncated) = await asyncio.gather(
             self._image_embeds([items[i] for i in image_at],
                                [f"{field}[{i}].image" for i in image_at], deadline),
             self._text_embeds(texts, deadline))
+        self._refuse_truncated(truncated, truncate, lambda j: f"{field}[{text_at[j]}].text")
         out = np.empty((len(items), self.meta.embedding_dim), dtype=np.float32)
         if image_at:
             out[image_at] = image_embeds
         if text_at:
             out[text_at] = text_embeds
-        return out
+        if normalize:
+            out = l2_normalize(out)
+        return Embedded(out, [text_at[j] for j in np.flatnonzero(truncated)])
+
+    def _refuse_truncated(self, truncated: np.ndarray, truncate: bool,
+                          field: Callable[[int], str], what: str = "") -> None:
+        """With ``truncate`` false, a text longer than the model's text length is the caller's
+        error, named by its field."""
+        if truncate or not truncated.any():
+            return
+        first = int(np.flatnonzero(truncated)[0])
+        raise InvalidInput(f"{what}text is longer than the model's text length of "
+                           f"{self.meta.text_length} tokens (truncate is false)",
+                           field=field(first))
+
+    async def _label_embeds(self, labels: Sequence[str], templates: Sequence[str],
+                            deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Per label: its embedding (raw with one template, the prompt ensemble with several)
+        and whether any of its prompts was truncated. Ensembles are cached by (model,
+        templates, label), so a repeated request fetches no prompt at all."""
+        if len(templates) == 1:
+            return await self._text_embeds(label_prompts(labels, templates), deadline)
+        keys = [(self.meta.model_id, ensemble_key(templates), label) for label in labels]
+        cached = self._cache.get_flagged(keys)
+        missing = list(dict.fromkeys(lb for lb, c in zip(labels, cached, strict=True)
+                                     if c is None))
+        fresh: dict[str, tuple[np.ndarray, bool]] = {}
+        if missing:
+            prompt_embeds, prompt_truncated = await self._text_embeds(
+                label_prompts(missing, templates), deadline)
+            label_embeds = prompt_ensemble(prompt_embeds, len(templates))
+            flags = prompt_truncated.reshape(len(missing), len(templates)).any(axis=1)
+            key_of = dict(zip(labels, keys, strict=True))
+            self._cache.put_many([key_of[lb] for lb in missing], label_embeds, flags)
+            fresh = {lb: (e, bool(f)) for lb, e, f in zip(missing, label_embeds, flags,
+                                                          strict=True)}
+        rows = [c if c is not None else fresh[lb] for lb, c in zip(labels, cached, strict=True)]
+        return (np.stack([r[0] for r in rows]).astype(np.float32),
+                np.array([r[1] for r in rows], dtype=bool))
 
     async def _image_embeds(self, images: Sequence[ImageInput], fields: Sequence[str],
                             deadline: float | None) -> np.ndarray:
@@ -135,7 +212,7 @@ class Engine:
         embeds = np.empty((len(images), parts[0].shape[1]), dtype=np.float32)
         for rows, part in zip((r for r in (decoded, encoded) if r), parts, strict=True):
             embeds[rows] = part
-        return l2_normalize(embeds)
+        return embeds  # raw: scoring and Embed normalize
 
     async def _embed_encoded(self, images: list[EncodedImage], fields: list[str],
                              deadline: float | None) -> np.ndarray:
@@ -150,12 +227,15 @@ class Engine:
                 for image, field in zip(images, fields, strict=True)))
             return await self._backend.embed_images(np.stack(pixels), deadline)
 
-    async def _text_embeds(self, texts: Sequence[str], deadline: float | None) -> np.ndarray:
+    async def _text_embeds(self, texts: Sequence[str], deadline: float | None,
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw text-tower embeddings (N, D), and per text whether it was truncated to fit."""
         if not texts:
-            return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
+            return (np.empty((0, self.meta.embedding_dim), dtype=np.float32),
+                    np.zeros(0, dtype=bool))
         self._metrics.inputs.labels("text").observe(len(texts))
         keys = [(self.meta.model_id, t) for t in texts]
-        cached = self._cache.get_many(keys)
+        cached = self._cache.get_flagged(keys)
         missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
         self._metrics.cache_hits.inc(len(texts) - sum(v is None for v in cached))
         self._metrics.cache_misses.inc(sum(v is None for v in cached))
@@ -171,11 +251,11 @@ class Engine:
             else:
                 fresh[text] = future.result()
         fresh.update(await self._fetch_texts(failed, deadline))
-        return np.stack([v if v is not None else fresh[t]
-                         for t, v in zip(texts, cached, strict=True)])
+        rows = [v if v is not None else fresh[t] for t, v in zip(texts, cached, strict=True)]
+        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=bool)
 
     async def _fetch_texts(self, texts: list[str], deadline: float | None,
-                           ) -> dict[str, np.ndarray]:
+                           ) -> dict[str, tuple[np.ndarray, bool]]:
         if not texts:
             return {}
         loop = asyncio.get_running_loop()
@@ -183,11 +263,12 @@ class Engine:
         self._in_progress.update(futures)
         try:
             with self._metrics.stage("tokenize"):
-                ids = await self._run(self._tokenizer.encode, texts)
+                ids, truncated = await self._run(self._tokenizer.encode_checked, texts)
             with self._metrics.stage("triton_text"):
-                embeds = l2_normalize(await self._backend.embed_texts(ids, deadline))
-            fresh = dict(zip(texts, embeds, strict=True))
-            self._cache.put_many([(self.meta.model_id, t) for t in texts], list(embeds))
+                embeds = np.asarray(await self._backend.embed_texts(ids, deadline), np.float32)
+            fresh = {t: (e, bool(f)) for t, e, f in zip(texts, embeds, truncated, strict=True)}
+            self._cache.put_many([(self.meta.model_id, t) for t in texts], list(embeds),
+                                 truncated)
             for text, future in futures.items():
                 future.set_result(fresh[text])
             return fresh

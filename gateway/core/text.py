@@ -57,6 +57,30 @@ class TextTokenizer:
                                f"({len(texts)}, {self._text_length})")
         return out
 
+    def encode_checked(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``encode``'s input_ids, and per text whether it did not fit (was truncated).
+
+        The ids are the reference's, from the same call as ``encode``; its attention mask tells
+        padding from the end-of-text token (SigLIP pads with ``</s>`` itself). Only a row with no
+        padding can hold a truncated text, and only those texts are tokenized again, untruncated,
+        to tell an exact fit from an overflow.
+        """
+        if len(texts) == 0:
+            return self.encode(texts), np.zeros(0, dtype=bool)
+        out = self._tokenizer(list(texts), padding="max_length", max_length=self._text_length,
+                              truncation=True, return_attention_mask=True)
+        ids = np.asarray(out["input_ids"], dtype=np.int64)
+        if ids.shape != (len(texts), self._text_length):
+            raise RuntimeError(f"tokenizer returned shape {ids.shape}, expected "
+                               f"({len(texts)}, {self._text_length})")
+        full = np.flatnonzero(np.asarray(out["attention_mask"]).sum(axis=1) >= self._text_length)
+        truncated = np.zeros(len(texts), dtype=bool)
+        if full.size:
+            whole = self._tokenizer([texts[i] for i in full], truncation=False,
+                                    return_attention_mask=False)["input_ids"]
+            truncated[full] = [len(row) > self._text_length for row in whole]
+        return ids, truncated
+
 
 def validate_template(template: str, *, field: str = "prompt_template") -> str:
     """Return ``template`` if it has exactly one ``{}`` and no other brace, else InvalidInput.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class EncodedImage:
@@ -31,3 +33,31 @@ class LabelScore:
     label: str
     probability: float
     logit: float
+
+
+@dataclass(frozen=True)
+class Classified:
+    """Classify's result: per image, the labels sorted; and which labels' prompts did not fit."""
+
+    scores: list[list[LabelScore]]
+    # Indices into the request's labels whose prompt (under any template) was truncated.
+    truncated_labels: list[int]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Score's result: (N_img, N_txt) float32 logits and probabilities."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    # Indices into the request's texts that were truncated.
+    truncated_texts: list[int]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embed's result: (N, D) float32 embeddings in input order."""
+
+    embeddings: np.ndarray
+    # Indices into the request's inputs whose text was truncated.
+    truncated_inputs: list[int]

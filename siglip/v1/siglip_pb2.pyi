@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class EmbeddingDtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EMBEDDING_DTYPE_UNSPECIFIED: _ClassVar[EmbeddingDtype]
+    EMBEDDING_DTYPE_FLOAT32: _ClassVar[EmbeddingDtype]
+    EMBEDDING_DTYPE_FLOAT16: _ClassVar[EmbeddingDtype]
+EMBEDDING_DTYPE_UNSPECIFIED: EmbeddingDtype
+EMBEDDING_DTYPE_FLOAT32: EmbeddingDtype
+EMBEDDING_DTYPE_FLOAT16: EmbeddingDtype
 
 class Image(_message.Message):
     __slots__ = ("data", "raw")
@@ -25,16 +35,20 @@ class RawImage(_message.Message):
     def __init__(self, rgb: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("images", "labels", "prompt_template", "top_k")
+    __slots__ = ("images", "labels", "prompt_template", "top_k", "prompt_templates", "truncate")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     labels: _containers.RepeatedScalarFieldContainer[str]
     prompt_template: str
     top_k: int
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    prompt_templates: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., labels: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., top_k: _Optional[int] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "probability", "logit")
@@ -53,10 +67,12 @@ class Classification(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "truncated_labels")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_LABELS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[Classification]
-    def __init__(self, results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
+    truncated_labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ..., truncated_labels: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedInput(_message.Message):
     __slots__ = ("image", "text")
@@ -67,54 +83,76 @@ class EmbedInput(_message.Message):
     def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs",)
+    __slots__ = ("inputs", "normalize", "dtype", "truncate")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[EmbedInput]
-    def __init__(self, inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ...) -> None: ...
+    normalize: bool
+    dtype: EmbeddingDtype
+    truncate: bool
+    def __init__(self, inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ..., normalize: _Optional[bool] = ..., dtype: _Optional[_Union[EmbeddingDtype, str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "float16_values")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    FLOAT16_VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+    float16_values: bytes
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., float16_values: _Optional[bytes] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings",)
+    __slots__ = ("embeddings", "truncated_inputs")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_INPUTS_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
+    truncated_inputs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., truncated_inputs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedStreamRequest(_message.Message):
-    __slots__ = ("inputs",)
+    __slots__ = ("inputs", "normalize", "dtype", "truncate")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[EmbedInput]
-    def __init__(self, inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ...) -> None: ...
+    normalize: bool
+    dtype: EmbeddingDtype
+    truncate: bool
+    def __init__(self, inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ..., normalize: _Optional[bool] = ..., dtype: _Optional[_Union[EmbeddingDtype, str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class EmbedStreamResponse(_message.Message):
-    __slots__ = ("embeddings",)
+    __slots__ = ("embeddings", "truncated_inputs")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_INPUTS_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
+    truncated_inputs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., truncated_inputs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("images", "texts")
+    __slots__ = ("images", "texts", "truncate")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    truncate: bool
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., texts: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("num_images", "num_texts", "probabilities", "logits")
+    __slots__ = ("num_images", "num_texts", "probabilities", "logits", "truncated_texts")
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEXTS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TEXTS_FIELD_NUMBER: _ClassVar[int]
     num_images: int
     num_texts: int
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     logits: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, num_images: _Optional[int] = ..., num_texts: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ...) -> None: ...
+    truncated_texts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, num_images: _Optional[int] = ..., num_texts: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., truncated_texts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
