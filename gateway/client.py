@@ -26,6 +26,26 @@ MiB = 1024 * 1024
 class ScoreResult:
     logits: np.ndarray
     probabilities: np.ndarray
+    # Indices of the texts the server truncated to the model's text length.
+    truncated_texts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassifyReply:
+    results: list[list[LabelScore]]
+    # Indices of the labels whose prompt the server truncated to the model's text length.
+    truncated_labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EmbedReply:
+    # (N, D): float32, or float16 when asked for.
+    embeddings: np.ndarray
+    # Indices of the inputs whose text the server truncated to the model's text length.
+    truncated_inputs: tuple[int, ...]
+
+
+DTYPES = {"float32": pb.EMBEDDING_DTYPE_FLOAT32, "float16": pb.EMBEDDING_DTYPE_FLOAT16}
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,14 @@ def image_pb(image: ImageLike) -> pb.Image:
     if isinstance(image, bytes):
         return pb.Image(data=image)
     return pb.Image(data=Path(image).read_bytes())
+
+
+def embeddings_from_pb(embeddings: Sequence[pb.Embedding], dtype: str) -> np.ndarray:
+    """(N, D) from Embedding messages: ``values`` for float32, ``float16_values`` for float16."""
+    if dtype == "float16":
+        rows = [np.frombuffer(e.float16_values, dtype="<f2") for e in embeddings]
+        return np.stack(rows).astype(np.float16) if rows else np.zeros((0, 0), np.float16)
+    return np.array([e.values for e in embeddings], dtype=np.float32)
 
 
 class SiglipClient:
@@ -77,23 +105,51 @@ class SiglipClient:
 
     async def classify(self, images: Sequence[ImageLike], labels: Sequence[str], *,
                        prompt_template: str | None = None, top_k: int = 0,
+                       prompt_templates: Sequence[str] = (), truncate: bool | None = None,
                        timeout: float | None = None) -> list[list[LabelScore]]:
+        return (await self.classify_reply(
+            images, labels, prompt_template=prompt_template, top_k=top_k,
+            prompt_templates=prompt_templates, truncate=truncate, timeout=timeout)).results
+
+    async def classify_reply(self, images: Sequence[ImageLike], labels: Sequence[str], *,
+                             prompt_template: str | None = None, top_k: int = 0,
+                             prompt_templates: Sequence[str] = (), truncate: bool | None = None,
+                             timeout: float | None = None) -> ClassifyReply:
+        """``classify`` with the server's truncation report; ``truncate`` None leaves it unset
+        (the server truncates)."""
         request = pb.ClassifyRequest(images=[image_pb(i) for i in images], labels=labels,
-                                     top_k=top_k)
+                                     top_k=top_k, prompt_templates=prompt_templates)
         if prompt_template is not None:
             request.prompt_template = prompt_template
+        if truncate is not None:
+            request.truncate = truncate
         response = await self.stub.Classify(request, timeout=timeout, metadata=self._metadata)
-        return [[LabelScore(s.label, s.probability, s.logit) for s in r.scores]
-                for r in response.results]
+        return ClassifyReply([[LabelScore(s.label, s.probability, s.logit) for s in r.scores]
+                              for r in response.results], tuple(response.truncated_labels))
 
-    async def embed(self, inputs: Sequence[ImageLike | str], *, timeout: float | None = None,
-                    ) -> np.ndarray:
-        """``str`` items are texts; bytes, paths and arrays are images. Returns (N, D) float32."""
+    async def embed(self, inputs: Sequence[ImageLike | str], *, normalize: bool | None = None,
+                    dtype: str = "float32", truncate: bool | None = None,
+                    timeout: float | None = None) -> np.ndarray:
+        """``str`` items are texts; bytes, paths and arrays are images. Returns (N, D) float32
+        (float16 with ``dtype="float16"``); ``normalize=False``: the towers' raw output."""
+        return (await self.embed_reply(inputs, normalize=normalize, dtype=dtype,
+                                       truncate=truncate, timeout=timeout)).embeddings
+
+    async def embed_reply(self, inputs: Sequence[ImageLike | str], *,
+                          normalize: bool | None = None, dtype: str = "float32",
+                          truncate: bool | None = None, timeout: float | None = None,
+                          ) -> EmbedReply:
+        """``embed`` with the server's truncation report."""
         request = pb.EmbedRequest(inputs=[
             pb.EmbedInput(text=x) if isinstance(x, str) else pb.EmbedInput(image=image_pb(x))
-            for x in inputs])
+            for x in inputs], dtype=DTYPES[dtype])
+        if normalize is not None:
+            request.normalize = normalize
+        if truncate is not None:
+            request.truncate = truncate
         response = await self.stub.Embed(request, timeout=timeout, metadata=self._metadata)
-        return np.array([e.values for e in response.embeddings], dtype=np.float32)
+        return EmbedReply(embeddings_from_pb(response.embeddings, dtype),
+                          tuple(response.truncated_inputs))
 
     async def embed_texts(self, texts: Sequence[str], *, timeout: float | None = None,
                           ) -> np.ndarray:
@@ -102,12 +158,15 @@ class SiglipClient:
         return np.array([e.values for e in response.embeddings], dtype=np.float32)
 
     async def score(self, images: Sequence[ImageLike], texts: Sequence[str], *,
-                    timeout: float | None = None) -> ScoreResult:
+                    truncate: bool | None = None, timeout: float | None = None) -> ScoreResult:
         request = pb.ScoreRequest(images=[image_pb(i) for i in images], texts=texts)
+        if truncate is not None:
+            request.truncate = truncate
         r = await self.stub.Score(request, timeout=timeout, metadata=self._metadata)
         shape = (r.num_images, r.num_texts)
         return ScoreResult(np.array(r.logits, np.float32).reshape(shape),
-                           np.array(r.probabilities, np.float32).reshape(shape))
+                           np.array(r.probabilities, np.float32).reshape(shape),
+                           tuple(r.truncated_texts))
 
     async def model_info(self, *, timeout: float | None = None) -> pb.GetModelInfoResponse:
         return await self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from gateway.core.errors import InvalidInput
 from gateway.core.model_meta import ModelMeta
-from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore, RawPixels
+from gateway.core.types import (
+    Classified,
+    Embedded,
+    EmbedItem,
+    EncodedImage,
+    ImageInput,
+    LabelScore,
+    RawPixels,
+    Scored,
+)
 from siglip.v1 import siglip_pb2 as pb
 
 
@@ -45,8 +55,47 @@ def classify_response(results: Sequence[Sequence[LabelScore]]) -> pb.ClassifyRes
         for row in results])
 
 
-def embeddings_pb(embeds: np.ndarray) -> list[pb.Embedding]:
+def embeddings_pb(embeds: np.ndarray, dtype: int = pb.EMBEDDING_DTYPE_FLOAT32,
+                  ) -> list[pb.Embedding]:
+    if dtype == pb.EMBEDDING_DTYPE_FLOAT16:
+        half = np.asarray(embeds, dtype="<f2")
+        return [pb.Embedding(float16_values=row.tobytes()) for row in half]
     return [pb.Embedding(values=row) for row in embeds.tolist()]
+
+
+def embed_dtype(request: pb.EmbedRequest | pb.EmbedStreamRequest) -> int:
+    """The requested EmbeddingDtype; unset is FLOAT32, a number this server does not know is
+    the caller's error."""
+    if request.dtype not in pb.EmbeddingDtype.values():
+        raise InvalidInput(f"unknown EmbeddingDtype {request.dtype}", field="dtype")
+    return request.dtype or pb.EMBEDDING_DTYPE_FLOAT32
+
+
+def flag(request: Any, name: str, default: bool = True) -> bool:
+    """An ``optional bool`` field: its value when set, else ``default``."""
+    return bool(getattr(request, name)) if request.HasField(name) else default
+
+
+def classified_response(result: Classified) -> pb.ClassifyResponse:
+    response = classify_response(result.scores)
+    response.truncated_labels.extend(result.truncated_labels)
+    return response
+
+
+def embed_response(result: Embedded, dtype: int) -> pb.EmbedResponse:
+    return pb.EmbedResponse(embeddings=embeddings_pb(result.embeddings, dtype),
+                            truncated_inputs=result.truncated_inputs)
+
+
+def embed_stream_response(result: Embedded, dtype: int) -> pb.EmbedStreamResponse:
+    return pb.EmbedStreamResponse(embeddings=embeddings_pb(result.embeddings, dtype),
+                                  truncated_inputs=result.truncated_inputs)
+
+
+def scored_response(result: Scored) -> pb.ScoreResponse:
+    response = score_response(result.logits, result.probabilities)
+    response.truncated_texts.extend(result.truncated_texts)
+    return response
 
 
 def score_response(logits: np.ndarray, probs: np.ndarray) -> pb.ScoreResponse:

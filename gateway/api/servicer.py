@@ -22,6 +22,7 @@ from gateway.api import convert
 from gateway.api.errors import to_grpc_status
 from gateway.api.parsing import parser, raise_if_undecodable
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
+from gateway.core.types import Embedded, EmbedItem
 from gateway.engine import Engine, deadline_from
 from gateway.metrics import Metrics
 from siglip.v1 import siglip_pb2 as pb
@@ -45,27 +46,34 @@ class SiglipServicer:
                        ) -> pb.ClassifyResponse:
         async def run() -> pb.ClassifyResponse:
             template = request.prompt_template if request.HasField("prompt_template") else None
-            results = await self._engine.classify(
+            result = await self._engine.classify_detailed(
                 convert.images_from_pb(request.images), list(request.labels), template,
-                request.top_k, deadline_from(context.time_remaining()))
-            return convert.classify_response(results)
+                request.top_k, deadline_from(context.time_remaining()),
+                templates=list(request.prompt_templates),
+                truncate=convert.flag(request, "truncate"))
+            return convert.classified_response(result)
         return await self._call("Classify", request, context, run)
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext,
                     ) -> pb.EmbedResponse:
         async def run() -> pb.EmbedResponse:
-            embeds = await self._engine.embed(convert.embed_items_from_pb(request.inputs),
-                                              deadline_from(context.time_remaining()))
-            return pb.EmbedResponse(embeddings=convert.embeddings_pb(embeds))
+            dtype = convert.embed_dtype(request)
+            result = await self._engine.embed_detailed(
+                convert.embed_items_from_pb(request.inputs),
+                deadline_from(context.time_remaining()),
+                normalize=convert.flag(request, "normalize"),
+                truncate=convert.flag(request, "truncate"))
+            return convert.embed_response(result, dtype)
         return await self._call("Embed", request, context, run)
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext,
                     ) -> pb.ScoreResponse:
         async def run() -> pb.ScoreResponse:
-            logits, probs = await self._engine.score(
+            result = await self._engine.score_detailed(
                 convert.images_from_pb(request.images), list(request.texts),
-                deadline_from(context.time_remaining()))
-            return convert.score_response(logits, probs)
+                deadline_from(context.time_remaining()),
+                truncate=convert.flag(request, "truncate"))
+            return convert.scored_response(result)
         return await self._call("Score", request, context, run)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest,
@@ -84,8 +92,8 @@ class SiglipServicer:
                 reader = asyncio.create_task(self._read_stream(requests, context, pending))
                 try:
                     while (task := await pending.get()) is not None:
-                        embeds = await task
-                        yield pb.EmbedStreamResponse(embeddings=convert.embeddings_pb(embeds))
+                        result, dtype = await task
+                        yield convert.embed_stream_response(result, dtype)
                     await reader
                 finally:
                     reader.cancel()
@@ -101,13 +109,23 @@ class SiglipServicer:
             async for request in requests:
                 raise_if_undecodable(request, f"stream message {index}")
                 items = convert.embed_items_from_pb(request.inputs)
-                await pending.put(asyncio.create_task(self._engine.embed(items, deadline)))
+                await pending.put(asyncio.create_task(self._embed_message(request, items,
+                                                                          deadline)))
                 index += 1
         except Exception as exc:  # handed to the writer, which answers it
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             await pending.put(failed)
         await pending.put(None)
+
+    async def _embed_message(self, request: pb.EmbedStreamRequest, items: list[EmbedItem],
+                             deadline: float | None) -> tuple[Embedded, int]:
+        """One stream message: its embeddings and the dtype they leave in."""
+        dtype = convert.embed_dtype(request)
+        result = await self._engine.embed_detailed(
+            items, deadline, normalize=convert.flag(request, "normalize"),
+            truncate=convert.flag(request, "truncate"))
+        return result, dtype
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext,
                     run: Callable[[], Awaitable[Any]]) -> Any:

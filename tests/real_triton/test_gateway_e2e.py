@@ -192,3 +192,153 @@ async def test_bad_image_names_field(client):
         await client.classify([imagegen.photo_jpeg(32, 32), b"not an image"], ["a"])
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "images[1]" in info.value.details()
+
+
+# Zero-shot the way it is evaluated: prompt ensembles, raw embeddings, float16, truncation.
+
+TEMPLATES = ["a photo of a {}.", "a blurry photo of the {}!", "{}, in a drawing"]
+
+
+@pytest.fixture(scope="module")
+def reference_features(tiny_checkpoint):
+    """The towers' raw outputs (``get_image_features`` / ``get_text_features(input_ids)``)."""
+    import torch
+    from transformers import SiglipModel
+    from transformers.image_utils import load_image
+
+    from tests.support.hf_reference import features
+
+    model = SiglipModel.from_pretrained(tiny_checkpoint).eval()
+    processor = siglip_processor(tiny_checkpoint)
+
+    def images(data: list[bytes]) -> np.ndarray:
+        pil = [load_image(Image.open(io.BytesIO(b))) for b in data]
+        pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            return features(model.get_image_features(pixel_values=pixels)).numpy()
+
+    def texts(prompts: list[str]) -> np.ndarray:
+        ids = processor(text=prompts, padding="max_length", max_length=64, truncation=True,
+                        return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            return features(model.get_text_features(input_ids=ids)).numpy()
+
+    scale, bias = model.logit_scale.exp().item(), model.logit_bias.item()
+    return images, texts, scale, bias, processor.tokenizer
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _fitting_and_overflowing(tokenizer) -> tuple[str, str]:
+    """A text of exactly 64 tokens (fits) and one of 65 (truncated), by the reference tokenizer."""
+    lengths = {n: len(tokenizer("mountain " * n)["input_ids"]) for n in range(1, 200)}
+    fits = next(n for n, length in lengths.items() if length == 64)
+    over = next(n for n, length in lengths.items() if length == 65)
+    return "mountain " * fits, "mountain " * over
+
+
+async def test_classify_template_ensemble_matches_reference(client, reference_features):
+    ref_images, ref_texts, scale, bias, tokenizer = reference_features
+    images = list(_images().values())[:3]
+    labels = [*LABELS, "river " * 70]  # the last one's prompts are far longer than 64 tokens
+    reply = await client.classify_reply(images, labels, prompt_templates=TEMPLATES, timeout=60)
+    prompts = [t.format(label) for label in labels for t in TEMPLATES]
+    prompt_units = _unit(ref_texts(prompts)).reshape(len(labels), len(TEMPLATES), -1)
+    label_units = _unit(prompt_units.mean(axis=1))
+    logits = scale * (_unit(ref_images(images)) @ label_units.T) + bias
+    for i, scores in enumerate(reply.results):
+        got = {s.label: s for s in scores}
+        for j, label in enumerate(labels):
+            assert abs(got[label].logit - logits[i, j]) <= 1e-5, (i, label)
+            assert abs(got[label].probability - 1 / (1 + np.exp(-logits[i, j]))) <= 1e-5
+    too_long = [j for j, label in enumerate(labels)
+                if any(len(tokenizer(t.format(label))["input_ids"]) > 64 for t in TEMPLATES)]
+    assert too_long and list(reply.truncated_labels) == too_long
+
+
+async def test_ensemble_is_cached_per_label(client, gateway):
+    labels = ["ensemble-cache-a", "ensemble-cache-b"]
+    image = imagegen.photo_jpeg(64, 64, seed=4)
+
+    async def text_calls_and_prompt_lookups() -> tuple[int, float]:
+        stats = await gateway._backend.statistics("siglip_text")
+        hits = gateway.metrics.cache_hits._value.get()
+        return int(stats["inference_count"]), hits + gateway.metrics.cache_misses._value.get()
+
+    await client.classify([image], labels, prompt_templates=TEMPLATES)
+    calls, lookups = await text_calls_and_prompt_lookups()
+    # Reordered and repeated labels: each is a hit on its (model, templates, label) entry, so
+    # no prompt is even looked up, let alone sent to the text tower.
+    await client.classify([image], labels[::-1] + labels, prompt_templates=TEMPLATES)
+    assert await text_calls_and_prompt_lookups() == (calls, lookups)
+    # Other templates are another entry: its prompts come from the per-prompt cache.
+    await client.classify([image], labels, prompt_templates=TEMPLATES[:2])
+    assert await text_calls_and_prompt_lookups() == (calls, lookups + 2 * 2)
+
+
+async def test_one_template_in_the_list_equals_prompt_template(client):
+    image = imagegen.photo_jpeg(96, 64, seed=5)
+    single = await client.classify([image], LABELS[:4], prompt_template=TEMPLATES[1])
+    listed = await client.classify([image], LABELS[:4], prompt_templates=TEMPLATES[1:2])
+    assert [(s.label, s.logit) for s in single[0]] == [(s.label, s.logit) for s in listed[0]]
+
+
+async def test_embed_raw_float16_and_truncation(client, reference_features):
+    ref_images, ref_texts, _, _, tokenizer = reference_features
+    photo = _images()["photo.jpg"]
+    fits, overflows = _fitting_and_overflowing(tokenizer)
+    inputs = [fits, photo, overflows, "a cat"]
+    raw = await client.embed_reply(inputs, normalize=False)
+    ref = np.concatenate([ref_texts([fits]), ref_images([photo]), ref_texts([overflows, "a cat"])])
+    np.testing.assert_allclose(raw.embeddings, ref, rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(raw.embeddings, axis=1).min() > 0
+    assert raw.truncated_inputs == (2,)
+    unit = await client.embed(inputs)
+    np.testing.assert_allclose(unit, _unit(raw.embeddings), atol=1e-6)
+    half = await client.embed_reply(inputs, dtype="float16")
+    assert half.embeddings.dtype == np.float16 and half.truncated_inputs == (2,)
+    np.testing.assert_array_equal(half.embeddings, unit.astype(np.float16))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.embed(inputs, truncate=False)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("inputs[2].text: ")
+    assert len(await client.embed([fits, photo], truncate=False)) == 2  # an exact fit is fine
+
+
+async def test_classify_and_score_truncate_false(client, reference_features):
+    *_, tokenizer = reference_features
+    _, overflows = _fitting_and_overflowing(tokenizer)
+    image = imagegen.photo_jpeg(64, 64, seed=6)
+    scored = await client.score([image], ["a cat", overflows])
+    assert scored.truncated_texts == (1,)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.score([image], ["a cat", overflows], truncate=False)
+    assert info.value.details().startswith("texts[1]: ")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.classify([image], ["dog", overflows], prompt_templates=TEMPLATES,
+                              truncate=False)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("labels[1]: ")
+
+
+async def test_embed_stream_options_per_message(client):
+    from siglip.v1 import siglip_pb2 as pb
+
+    texts = ["stream one", "stream two"]
+    unit = await client.embed(texts)
+    raw = await client.embed(texts, normalize=False)
+
+    async def messages():
+        inputs = [pb.EmbedInput(text=t) for t in texts]
+        yield pb.EmbedStreamRequest(inputs=inputs, normalize=False)
+        yield pb.EmbedStreamRequest(inputs=inputs, dtype=pb.EMBEDDING_DTYPE_FLOAT16)
+
+    responses = [r async for r in client.stub.EmbedStream(messages(), timeout=60)]
+    got_raw = np.array([e.values for e in responses[0].embeddings], np.float32)
+    got_half = np.stack([np.frombuffer(e.float16_values, "<f2") for e in responses[1].embeddings])
+    np.testing.assert_array_equal(got_raw, raw)
+    np.testing.assert_array_equal(got_half, unit.astype(np.float16))
+    assert all(not e.values for e in responses[1].embeddings)
