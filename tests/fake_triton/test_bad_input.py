@@ -135,6 +135,13 @@ BAD_REQUESTS = {
     "NUL in a label": (_classify(labels=["cat", "c\x00t"]), "labels[1]", "U+0000"),
     "control character in a label": (_classify(labels=["\x1b[31mred"]), "labels[0]", "U+001B"),
     "image with no source": (_classify(images=[pb.Image()]), "images[0]", "neither"),
+    "both template fields": (_classify(prompt_template="a {}", prompt_templates=["b {}"]),
+                             "prompt_templates", "not both"),
+    "bad template in the ensemble": (_classify(prompt_templates=["a {}", "b"]),
+                                     "prompt_templates[1]", "exactly one {}"),
+    "too many prompts": (_classify(labels=[f"l{i}" for i in range(100)],
+                                   prompt_templates=["a {}", "b {}", "c {}"]),
+                         "prompt_templates", "at most 256 prompts"),
 }
 
 
@@ -154,6 +161,14 @@ def _field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field, by hand (lengths here are < 128: one varint byte)."""
     assert len(payload) < 128
     return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+async def test_unknown_embedding_dtype(channel):
+    stub = pb_grpc.SiglipServiceStub(channel)
+    request = pb.EmbedRequest(inputs=[pb.EmbedInput(text="cat")], dtype=7)  # open enum
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Embed(request, timeout=10)
+    _assert_bad_request(info.value, "dtype")
 
 
 async def test_invalid_utf8_in_a_string_field(channel):

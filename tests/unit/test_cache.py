@@ -116,3 +116,20 @@ def test_concurrent_use_keeps_bounds_and_counts():
     assert len(cache) <= 50
     assert cache.hits + cache.misses == threads * rounds * 4
     assert cache.hits > 0 and cache.evictions > 0
+
+
+def test_flags_are_stored_with_their_vectors():
+    cache = EmbeddingCache(2)
+    cache.put_many([(M, "a"), (M, "b")], [vec(1), vec(2)], [True, False])
+    cache.put_many([(M, "c")], [vec(3)])  # no flags: False; evicts "a"
+    assert cache.get_flagged([(M, "a")]) == [None]
+    (_, b_flag), (c, c_flag) = cache.get_flagged([(M, "b"), (M, "c")])
+    assert (b_flag, c_flag) == (False, False)
+    np.testing.assert_array_equal(c, vec(3))
+    cache.put_many([(M, "b")], [vec(4)], [True])
+    assert cache.get_flagged([(M, "b")])[0][1] is True
+    # Longer keys (the engine's ensembles: model, templates, label) never meet 2-tuples.
+    cache.put_many([(M, '["{}"]', "b")], [vec(5)])
+    np.testing.assert_array_equal(cache.get_many([(M, "b")])[0], vec(4))
+    with pytest.raises(ValueError):
+        cache.put_many([(M, "x")], [vec(1)], [True, False])

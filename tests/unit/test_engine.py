@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.core.cache import EmbeddingCache
+from gateway.core.errors import InvalidInput
 from gateway.core.images import ImageLimits, PreprocessMode
 from gateway.core.model_meta import load_model_meta
 from gateway.core.text import TextTokenizer
@@ -80,3 +81,34 @@ async def test_failed_fetch_lets_waiters_fetch_for_themselves(engine_and_backend
         return_exceptions=True)
     assert isinstance(first, RuntimeError)
     assert isinstance(second, np.ndarray) and second.shape[0] == 1
+
+
+async def test_concurrent_ensembles_fetch_each_prompt_once(engine_and_backend):
+    engine, backend = engine_and_backend
+    image = RawPixels(bytes(8 * 8 * 3), 8, 8)
+    labels = [f"ensemble {i}" for i in range(4)]
+    templates = ["a {}.", "the {}!", "{} here"]
+    results = await asyncio.gather(*(
+        engine.classify_detailed([image], labels, None, 0, None, templates=templates)
+        for _ in range(3)))
+    assert sum(backend.text_calls) == len(labels) * len(templates)
+    assert all(r.scores == results[0].scores for r in results)
+    assert results[0].truncated_labels == []
+
+
+async def test_embed_raw_is_the_backends_output_and_truncation_names_the_input(
+        engine_and_backend):
+    engine, backend = engine_and_backend
+    image = RawPixels(bytes(8 * 8 * 3), 8, 8)
+    long_text = "word " * 200
+    raw = await engine.embed_detailed(["short", image, long_text], None, normalize=False)
+    ids = engine._tokenizer.encode(["short", long_text])
+    np.testing.assert_array_equal(raw.embeddings[[0, 2]],
+                                  ids[:, : backend.dim].astype(np.float32) + 1.0)
+    np.testing.assert_array_equal(raw.embeddings[1], np.ones(backend.dim, np.float32))
+    assert raw.truncated_inputs == [2]
+    unit = await engine.embed_detailed(["short", image, long_text], None)
+    np.testing.assert_allclose(np.linalg.norm(unit.embeddings, axis=1), 1.0, atol=1e-6)
+    with pytest.raises(InvalidInput) as err:
+        await engine.embed_detailed(["short", image, long_text], None, truncate=False)
+    assert err.value.field == "inputs[2].text"

@@ -142,3 +142,20 @@ def test_core_runs_without_torch_grpc_or_tritonclient(tiny_checkpoint: Path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.filterwarnings("ignore:This sequence already has")
+def test_encode_checked_ids_and_truncation_match_the_reference(tokenizer, processor):
+    """The ids are encode's (the reference's); truncated means the untruncated ids (with
+    </s>) are longer than 64, including around the boundary where the row is exactly full."""
+    lengths = {n: len(processor.tokenizer("mountain " * n)["input_ids"]) for n in range(1, 200)}
+    boundary = [n for n, length in lengths.items() if 62 <= length <= 66]
+    texts = TEXTS + ["mountain " * n for n in boundary]
+    ids, truncated = tokenizer.encode_checked(texts)
+    np.testing.assert_array_equal(ids, reference_ids(processor, texts))
+    expected = [len(processor.tokenizer(t)["input_ids"]) > 64 for t in texts]
+    assert truncated.tolist() == expected
+    assert any(expected) and not all(expected)
+    assert {lengths[n] for n in boundary} >= {63, 64, 65}
+    empty_ids, empty_flags = tokenizer.encode_checked([])
+    assert empty_ids.shape == (0, 64) and empty_flags.shape == (0,)
