@@ -114,16 +114,27 @@ def _parser() -> argparse.ArgumentParser:
     c = client("classify", "zero-shot classify images against labels")
     c.add_argument("images", nargs="+", help="image files")
     c.add_argument("--labels", required=True, help="comma-separated labels")
-    c.add_argument("--template",
-                   help='prompt template with one "{}" (default: "This is a photo of {}.")')
+    c.add_argument("--template", action="append", default=[],
+                   help='prompt template with one "{}" (default: "This is a photo of {}."); '
+                        "repeat it for a prompt ensemble")
+    c.add_argument("--templates-file", type=Path,
+                   help="prompt ensemble: a file with one template per line")
     c.add_argument("--top-k", type=_non_negative_int, default=0,
                    help="labels to print per image (0 = all)")
     e = client("embed", "embed images and/or texts")
     e.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     e.add_argument("--text", action="append", default=[], help="text (repeatable)")
+    e.add_argument("--no-normalize", action="store_true",
+                   help="the towers' raw output (get_*_features), not L2-normalized")
+    e.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="number format on the wire")
     sc = client("score", "image x text score matrix")
     sc.add_argument("images", nargs="+")
     sc.add_argument("--texts", required=True, help="'|'-separated texts")
+    for texts_command in (c, e, sc):
+        texts_command.add_argument(
+            "--no-truncate", action="store_true",
+            help="refuse texts longer than the model's text length instead of truncating them")
     client("info", "show what the server serves")
     return p
 
@@ -168,6 +179,29 @@ def _split(text: str, sep: str, flag: str) -> list[str]:
     return items
 
 
+def _templates(args: argparse.Namespace) -> list[str]:
+    """--template (repeatable) and --templates-file lines, in that order; none: the server's
+    default."""
+    templates = list(args.template)
+    if args.templates_file is not None:
+        try:
+            lines = args.templates_file.read_text(encoding="utf-8").splitlines()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+            raise UsageError(f"--templates-file: {_describe_os_error(exc)}") from None
+        from_file = [line for line in lines if line.strip()]
+        if not from_file:
+            raise UsageError(f"--templates-file: {args.templates_file}: no templates in it")
+        templates += from_file
+    return templates
+
+
+def _note_truncated(what: str, texts: Sequence[object]) -> None:
+    for text in texts:
+        shown = text if len(str(text)) <= 60 else f"{str(text)[:57]}..."
+        print(f"note: {what} {shown!r} was truncated to the model's text length",
+              file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import serve
 
@@ -201,6 +235,7 @@ async def _run_client(args: argparse.Namespace) -> int:
     if args.command == "classify":
         images = _read_images(args.images, "images")
         labels = _split(args.labels, ",", "--labels")
+        templates = _templates(args)
     elif args.command == "embed":
         if not args.image and not args.text:
             raise UsageError("nothing to embed: give --image FILE and/or --text TEXT")
@@ -209,9 +244,14 @@ async def _run_client(args: argparse.Namespace) -> int:
         images = _read_images(args.images, "images")
         texts = _split(args.texts, "|", "--texts")
     async with SiglipClient(args.server, token=args.token) as client:
+        truncate = False if args.command != "info" and args.no_truncate else None
         if args.command == "classify":
-            results = await client.classify(images, labels, prompt_template=args.template,
-                                            top_k=args.top_k, timeout=args.timeout)
+            reply = await client.classify_reply(
+                images, labels, prompt_template=templates[0] if len(templates) == 1 else None,
+                prompt_templates=templates if len(templates) > 1 else (), top_k=args.top_k,
+                truncate=truncate, timeout=args.timeout)
+            _note_truncated("label", [labels[i] for i in reply.truncated_labels])
+            results = reply.results
             if args.json:
                 print(json.dumps([[s.__dict__ for s in r] for r in results], indent=2))
             else:
@@ -221,7 +261,11 @@ async def _run_client(args: argparse.Namespace) -> int:
                         print(f"  {s.probability:8.4f}  {s.logit:9.4f}  {s.label}")
         elif args.command == "embed":
             inputs = [*images, *args.text]
-            embeds = await client.embed(inputs, timeout=args.timeout)
+            embed_reply = await client.embed_reply(
+                inputs, normalize=False if args.no_normalize else None, dtype=args.dtype,
+                truncate=truncate, timeout=args.timeout)
+            embeds = embed_reply.embeddings
+            _note_truncated("text", [inputs[i] for i in embed_reply.truncated_inputs])
             names = args.image + [repr(t) for t in args.text]
             if args.json:
                 print(json.dumps({n: e.tolist() for n, e in zip(names, embeds, strict=True)}))
@@ -230,7 +274,8 @@ async def _run_client(args: argparse.Namespace) -> int:
                     head = " ".join(f"{v:+.4f}" for v in vec[:6])
                     print(f"{name}: dim {len(vec)} [{head} ...]")
         elif args.command == "score":
-            result = await client.score(images, texts, timeout=args.timeout)
+            result = await client.score(images, texts, truncate=truncate, timeout=args.timeout)
+            _note_truncated("text", [texts[i] for i in result.truncated_texts])
             if args.json:
                 print(json.dumps({"logits": result.logits.tolist(),
                                   "probabilities": result.probabilities.tolist()}))
