@@ -3,7 +3,10 @@
 Blocking work (decode, resize, tokenize) runs in a bounded thread pool, never on the
 event loop; Pillow and the tokenizer release the GIL for the heavy parts. For one
 request the image and text towers are called concurrently, and text embeddings come
-from a bounded LRU cache when the same prompt was seen before.
+from a bounded LRU cache when the same prompt was seen before. The cache holds the text tower's
+raw output and whether the text was truncated; embeddings are normalized on the way out, so
+Embed's raw (normalize=false) and normalized answers come from one entry. Prompt ensembles
+(several templates) are cached too, per (model, templates, label).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.core.cache import EmbeddingCache
-from gateway.core.errors import BackendRejected, InvalidInput
+from gateway.core.errors import BackendRejected
 from gateway.core.images import ImageLimits, PreprocessMode, preprocess_image, triton_decodable
 from gateway.core.model_meta import ModelMeta
 from gateway.core.prompts import (
@@ -38,7 +41,13 @@ from gateway.core.types import (
     LabelScore,
     Scored,
 )
-from gateway.core.validation import RequestLimits, check_count, check_text, check_texts
+from gateway.core.validation import (
+    RequestLimits,
+    check_count,
+    check_text,
+    check_texts,
+    refuse_truncated,
+)
 from gateway.metrics import Metrics
 
 T = TypeVar("T")
@@ -90,7 +99,8 @@ class Engine:
         image_embeds, (label_embeds, truncated) = await asyncio.gather(
             self._image_embeds(images, _fields("images", range(len(images))), deadline),
             self._label_embeds(labels, chosen, deadline))
-        self._refuse_truncated(truncated, truncate, lambda j: f"labels[{j}]", "the prompt of ")
+        refuse_truncated(truncated, truncate, self.meta.text_length, lambda j: f"labels[{j}]",
+                         "a prompt of this label")
         logits, probs = score(image_embeds, label_embeds, self.meta.logit_scale,
                               self.meta.logit_bias)
         results = []
@@ -113,7 +123,7 @@ class Engine:
         image_embeds, (text_embeds, truncated) = await asyncio.gather(
             self._image_embeds(images, _fields("images", range(len(images))), deadline),
             self._text_embeds(list(texts), deadline))
-        self._refuse_truncated(truncated, truncate, lambda j: f"texts[{j}]")
+        refuse_truncated(truncated, truncate, self.meta.text_length, lambda j: f"texts[{j}]")
         logits, probs = score(image_embeds, text_embeds, self.meta.logit_scale,
                               self.meta.logit_bias)
         return Scored(logits, probs, np.flatnonzero(truncated).tolist())
@@ -140,7 +150,8 @@ class Engine:
             self._image_embeds([items[i] for i in image_at],
                                [f"{field}[{i}].image" for i in image_at], deadline),
             self._text_embeds(texts, deadline))
-        self._refuse_truncated(truncated, truncate, lambda j: f"{field}[{text_at[j]}].text")
+        refuse_truncated(truncated, truncate, self.meta.text_length,
+                         lambda j: f"{field}[{text_at[j]}].text")
         out = np.empty((len(items), self.meta.embedding_dim), dtype=np.float32)
         if image_at:
             out[image_at] = image_embeds
@@ -149,17 +160,6 @@ class Engine:
         if normalize:
             out = l2_normalize(out)
         return Embedded(out, [text_at[j] for j in np.flatnonzero(truncated)])
-
-    def _refuse_truncated(self, truncated: np.ndarray, truncate: bool,
-                          field: Callable[[int], str], what: str = "") -> None:
-        """With ``truncate`` false, a text longer than the model's text length is the caller's
-        error, named by its field."""
-        if truncate or not truncated.any():
-            return
-        first = int(np.flatnonzero(truncated)[0])
-        raise InvalidInput(f"{what}text is longer than the model's text length of "
-                           f"{self.meta.text_length} tokens (truncate is false)",
-                           field=field(first))
 
     async def _label_embeds(self, labels: Sequence[str], templates: Sequence[str],
                             deadline: float | None) -> tuple[np.ndarray, np.ndarray]:

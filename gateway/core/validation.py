@@ -6,8 +6,10 @@ Every failure names the field (``labels[3]``) so the caller can fix the request.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from gateway.core.errors import InvalidInput
 
@@ -43,3 +45,16 @@ def check_text(field: str, text: str, limits: RequestLimits) -> None:
     if bad:
         raise InvalidInput(
             f"control character U+{ord(bad.group()):04X} at position {bad.start()}", field=field)
+
+
+def refuse_truncated(truncated: np.ndarray, truncate: bool, text_length: int,
+                     field: Callable[[int], str], what: str = "text") -> None:
+    """With ``truncate`` false, a text longer than the model's text length is the caller's
+    error, named by ``field(index)`` of the first such text. The engine checks this once the
+    embeddings are in: a text's length is known only once tokenized, and what was fetched is
+    cached for the callers that do truncate."""
+    if truncate or not truncated.any():
+        return
+    first = int(np.flatnonzero(truncated)[0])
+    raise InvalidInput(f"{what} is longer than the model's text length of {text_length} tokens "
+                       "(truncate is false)", field=field(first))
