@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--overlay", action="append", help="k8s/overlays/<name> (repeatable; gpu)")
     a.add_argument("--triton-rate", type=float, default=2000.0,
                    help="calls/s of one Triton pod at full batches (GPU: assumed, not measured)")
+    a.add_argument("--triton-batch-s", type=float,
+                   help="one full batch's compute time (default: siglip_vision's "
+                        "max_batch_size / --triton-rate)")
     a.add_argument("--gateway-cpu-ms", type=float, default=GATEWAY_CPU_MS)
     a.add_argument("--triton-pending-s", type=float, default=60.0,
                    help="image pull + checkpoint init container")
@@ -66,11 +69,19 @@ def fmt_s(v: float | None) -> str:
     return "never" if v is None else f"{v:.0f} s"
 
 
+SUMMARY_HEAD = [
+    "| overlay | scenario | capacity >= load after | no backlog, no refusals after | "
+    "max wait ms | max in flight/pod | calls refused | peak pods | pod-minutes |",
+    "|---|---|---:|---:|---:|---:|---:|---|---|"]
+
+
 def summary_row(overlay: str, name: str, s: Summary) -> str:
-    refused = f"{100 * s.rejected / s.offered:.1f} %" if s.offered else "-"
+    refused = f"{s.rejected / 1000:.0f} k ({100 * s.rejected / s.offered:.1f} %)"
     peaks = ", ".join(f"{k.removeprefix('siglip-')} {v}" for k, v in s.peak_replicas.items())
+    minutes = ", ".join(f"{k.removeprefix('siglip-')} {v:.0f}" for k, v in s.pod_minutes.items())
     return (f"| {overlay} | {name} | {fmt_s(s.capacity_s)} | {fmt_s(s.recovered_s)} | "
-            f"{1000 * s.max_wait_s:.0f} | {s.max_in_flight_per_pod:.0f} | {refused} | {peaks} |")
+            f"{1000 * s.max_wait_s:.0f} | {s.max_in_flight_per_pod:.0f} | {refused} | {peaks} "
+            f"| {minutes} |")
 
 
 def timeline(samples: list[Sample], every_s: int) -> list[str]:
@@ -100,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         params = ServiceParams(
             gateway_cpu_s_per_call=args.gateway_cpu_ms / 1000,
             triton_calls_per_s=args.triton_rate,
-            triton_batch_s=vision_max_batch() / args.triton_rate,
+            triton_batch_s=args.triton_batch_s or vision_max_batch() / args.triton_rate,
             gateway=gateway_facts(docs),
             gateway_pending_s=args.gateway_pending_s, gateway_loading_s=args.gateway_loading_s,
             triton_pending_s=args.triton_pending_s, triton_loading_s=args.triton_loading_s)
@@ -113,10 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(timeline(samples, args.timeline_every_s)))
             out[f"{overlay}: {name}"] = {"summary": dataclasses.asdict(summary),
                                          "samples": [dataclasses.asdict(s) for s in samples]}
-    print("\n| overlay | scenario | capacity >= load after | no backlog, no refusals after | "
-          "max wait ms | max in flight/pod | refused | peak pods |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
-    print("\n".join(rows))
+    print("\n" + "\n".join(SUMMARY_HEAD + rows))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                          "runs": out}))

@@ -214,9 +214,10 @@ class Summary:
     recovered_s: float | None  # event -> no backlog and no refusals, for good
     max_wait_s: float
     max_in_flight_per_pod: float
-    rejected: float  # calls refused (RESOURCE_EXHAUSTED)
-    offered: float  # calls offered from the event to recovery (or the end)
+    rejected: float  # calls refused (RESOURCE_EXHAUSTED) from the event on
+    offered: float  # calls offered from the event on
     peak_replicas: dict[str, int]
+    pod_minutes: dict[str, float]  # pods that existed (ready or not), from the event on
 
 
 def run(scalers: dict[str, Autoscaler], params: ServiceParams, load: Callable[[float], float],
@@ -238,8 +239,9 @@ def summarize(samples: list[Sample]) -> Summary:
     peak_load = max(s.load for s in samples)
     capacity = _settled_from(samples, lambda s: s.capacity >= min(s.load, peak_load))
     recovered = _settled_from(samples, lambda s: s.rejected_per_s == 0 and s.backlog < 1)
-    upto = [s for s in samples if recovered is None or s.t <= recovered]
+    names = samples[0].replicas
     return Summary(capacity, recovered, max(s.wait_s for s in samples),
                    max(s.in_flight_per_pod for s in samples),
-                   sum(s.rejected_per_s for s in upto), sum(s.load for s in upto),
-                   {name: max(s.replicas[name] for s in samples) for name in samples[0].replicas})
+                   sum(s.rejected_per_s for s in samples), sum(s.load for s in samples),
+                   {n: max(s.replicas[n] for s in samples) for n in names},
+                   {n: sum(s.replicas[n] for s in samples) / 60 for n in names})
