@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--warmup-s", type=int, default=900)
     a.add_argument("--duration-s", type=int, default=1800)
     a.add_argument("--timeline-every-s", type=int, default=60)
+    a.add_argument("--timeline-until-s", type=int, default=600)
     a.add_argument("--json", type=Path)
     return a.parse_args(argv)
 
@@ -84,7 +85,7 @@ def summary_row(overlay: str, name: str, s: Summary) -> str:
             f"| {minutes} |")
 
 
-def timeline(samples: list[Sample], every_s: int) -> list[str]:
+def timeline(samples: list[Sample], every_s: int, until_s: int) -> list[str]:
     names = list(samples[0].replicas)
     head = ("| t s | load/s | " + " | ".join(f"{n.removeprefix('siglip-')} ready/pods"
                                              for n in names)
@@ -92,7 +93,7 @@ def timeline(samples: list[Sample], every_s: int) -> list[str]:
               "queue ms |")
     lines = [head, "|" + "---:|" * (head.count("|") - 1)]
     for s in samples:
-        if s.t % every_s:
+        if s.t % every_s or s.t > until_s:
             continue
         pods = " | ".join(f"{s.ready[n]}/{s.replicas[n]}" for n in names)
         m = s.hpa_metrics
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                                    warmup_s=args.warmup_s, duration_s=args.duration_s)
             rows.append(summary_row(overlay, name, summary))
             print(f"\n### {overlay}: {name}\n")
-            print("\n".join(timeline(samples, args.timeline_every_s)))
+            print("\n".join(timeline(samples, args.timeline_every_s, args.timeline_until_s)))
             out[f"{overlay}: {name}"] = {"summary": dataclasses.asdict(summary),
                                          "samples": [dataclasses.asdict(s) for s in samples]}
     print("\n" + "\n".join(SUMMARY_HEAD + rows))
