@@ -3,7 +3,8 @@
     python -m bench.hpa_sim --overlay gpu --overlay gpu-keda --overlay gpu-colocated
 
 Loads are multiples of one Triton pod's rate (--triton-rate): the step goes from --base to
---peak at t = 0, the ramp from --base to --peak over --ramp-s. Before t = 0 the service runs
+--peak at t = 0, the ramp from --base to --peak over --ramp-s, the burst to --burst for
+--burst-s and back. Before t = 0 the service runs
 --warmup-s at the base load from min replicas, so the autoscalers start where they would
 have settled. Prints one summary table and, per run, a timeline; --json writes everything.
 """
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--base", type=float, default=1.0, help="load before, x one Triton pod")
     a.add_argument("--peak", type=float, default=5.0, help="load after, x one Triton pod")
     a.add_argument("--ramp-s", type=int, default=600)
+    a.add_argument("--burst", type=float, default=3.0, help="burst load, x one Triton pod")
+    a.add_argument("--burst-s", type=int, default=45)
     a.add_argument("--warmup-s", type=int, default=900)
     a.add_argument("--duration-s", type=int, default=1800)
     a.add_argument("--timeline-every-s", type=int, default=60)
@@ -55,15 +58,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a.parse_args(argv)
 
 
-def scenarios(base: float, peak: float, ramp_s: int) -> dict[str, object]:
+def scenarios(base: float, peak: float, ramp_s: int, burst: float,
+              burst_s: int) -> dict[str, object]:
     def step(t: float) -> float:
         return base if t < 0 else peak
 
     def ramp(t: float) -> float:
         return base + (peak - base) * min(max(t / ramp_s, 0.0), 1.0)
 
+    def spike(t: float) -> float:
+        return burst if 0 <= t < burst_s else base
+
     return {f"step {base:g}x -> {peak:g}x": step,
-            f"ramp {base:g}x -> {peak:g}x over {ramp_s} s": ramp}
+            f"ramp {base:g}x -> {peak:g}x over {ramp_s} s": ramp,
+            f"burst {burst:g}x for {burst_s} s": spike}
 
 
 def fmt_s(v: float | None) -> str:
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             gateway=gateway_facts(docs),
             gateway_pending_s=args.gateway_pending_s, gateway_loading_s=args.gateway_loading_s,
             triton_pending_s=args.triton_pending_s, triton_loading_s=args.triton_loading_s)
-        for name, shape in scenarios(args.base, args.peak, args.ramp_s).items():
+        for name, shape in scenarios(args.base, args.peak, args.ramp_s, args.burst,
+                                         args.burst_s).items():
             samples, summary = run(autoscalers(docs), params,
                                    lambda t, f=shape: f(t) * args.triton_rate,  # type: ignore[misc]
                                    warmup_s=args.warmup_s, duration_s=args.duration_s)
