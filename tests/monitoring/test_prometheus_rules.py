@@ -8,6 +8,7 @@ copy of each unit-test file in tests/monitoring/rules/ (which name it
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.metrics import Metrics
 from tests.support.binaries import require_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +56,22 @@ def test_is_a_prometheus_rule() -> None:
             if "alert" in rule:
                 assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
                 assert "Runbook: docs/monitoring.md" in rule["annotations"]["description"]
+
+
+def exposed_series_names() -> set[str]:
+    """The series names the gateway's registry exposes, children created or not."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "gauge": ("",)}
+    return {family.name + suffix for family in Metrics().registry.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_rules_read_series_the_gateway_exposes() -> None:
+    exprs = " ".join(r["expr"] for g in prometheus_rule()["spec"]["groups"] for r in g["rules"])
+    # Raw series only: recording-rule names (level:metric:ops) have colons around the name.
+    used = set(re.findall(r"(?<![:\w])siglip_gateway_\w+(?![\w:])", exprs))
+    assert used, "no gateway series found in the rules"
+    assert used <= exposed_series_names(), used - exposed_series_names()
 
 
 def test_promtool_check_rules(tmp_path: Path) -> None:
