@@ -153,6 +153,9 @@ def test_overlays_read_and_step_catches_up() -> None:
             hpa[name].min_replicas, hpa[name].max_replicas)
         assert ({m.signal: m.target for m in keda[name].metrics}
                 == {m.signal: m.target for m in hpa[name].metrics})
+    # The colocated pod starts like a Triton pod, so it scales up like one.
+    colocated = autoscalers(render("gpu-colocated"))["siglip-gateway"]
+    assert colocated.behavior == hpa["siglip-triton"].behavior
     params = ServiceParams(gateway_cpu_s_per_call=0.0016, triton_calls_per_s=2000,
                            triton_batch_s=0.032, gateway=GatewayFacts(1, 2, 64))
     samples, summary = run(hpa, params, lambda t: 2000.0 if t < 0 else 6000.0,
