@@ -121,7 +121,10 @@ def parse_url(url: str) -> Target:
     if not _URL_CHARS.fullmatch(url):
         raise Refused("bad_url", "URL must be printable ASCII without spaces or backslashes "
                                  "(percent-encode the rest)")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced [ ]
+        raise Refused("bad_url", f"malformed URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise Refused("bad_url", "only http and https URLs are fetched")
