@@ -189,9 +189,12 @@ class UrlFetcher:
                               ("redirect refused: " if redirect else "") +
                               self.config.allow.refusal(target))
             addresses = [target.ip] if target.ip is not None else await self._resolve(target)
-            checked = check_addresses(
-                target.host, addresses, explicit=rule.explicit,
-                outcome="redirect_refused" if redirect else "forbidden_address")
+            try:
+                checked = check_addresses(target.host, addresses, explicit=rule.explicit)
+            except Refused as exc:
+                if redirect and exc.outcome == "forbidden_address":
+                    raise Refused("redirect_refused", f"redirect refused: {exc.message}") from None
+                raise
             result = await self._get(target, checked, budget)
             if isinstance(result, bytes):
                 return result
