@@ -208,7 +208,7 @@ class UrlFetcher:
         try:
             return await self._resolver(target.host, target.port)
         except (OSError, UnicodeError) as exc:
-            log.info("image URL host %s did not resolve: %s", target.host, exc)
+            log.debug("image URL host %s did not resolve: %s", target.host, exc)
             raise Refused("resolve_failed", f"could not resolve {target.host}") from None
 
     async def _get(self, target: Target, addresses: list[IPAddress],
@@ -232,12 +232,12 @@ class UrlFetcher:
         except httpcore.TimeoutException:
             raise Refused("timeout", f"{target.authority} timed out") from None
         except httpcore.ConnectError as exc:
-            log.info("image URL %s: could not connect: %s", target.authority, exc)
+            log.debug("image URL %s: could not connect: %s", target.authority, exc)
             tls = "CERTIFICATE_VERIFY_FAILED" in str(exc)
             raise Refused("network_error", f"could not connect to {target.authority}" +
                           (" (TLS certificate not valid for the host)" if tls else "")) from None
         except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            log.info("image URL %s: %s: %s", target.authority, type(exc).__name__, exc)
+            log.debug("image URL %s: %s: %s", target.authority, type(exc).__name__, exc)
             raise Refused("network_error", f"connection to {target.authority} failed or broke "
                                            "the HTTP protocol") from None
         finally:
