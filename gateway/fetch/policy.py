@@ -187,10 +187,11 @@ def _split_authority(netloc: str) -> tuple[str, IPAddress | None, int | None]:
 
 
 def _check_path(path: str) -> None:
-    # Servers resolve dot segments (and some decode %2e and %2f first), which would walk out of
-    # an allow-listed path prefix: refuse them in every form.
+    # Servers resolve dot segments (some decode %2e and %2f first, some drop ";params" as in
+    # "..;"), which would walk out of an allow-listed path prefix: refuse them in every form.
     decoded = urllib.parse.unquote(path.split("?", 1)[0])
-    if any(segment in (".", "..") for segment in re.split(r"[/\\]", decoded)):
+    if any(segment.split(";", 1)[0] in (".", "..")
+           for segment in re.split(r"[/\\]", decoded)):
         raise Refused("bad_url", "URL path must not contain '.' or '..' segments")
 
 
@@ -220,14 +221,6 @@ class Rule:
             return port_ok and t.host == self.host
         return (t.scheme, t.host, t.port) == (self.scheme, self.host, self.port) and \
             t.path.startswith(self.path)
-
-    def __str__(self) -> str:
-        if self.kind == "any":
-            return "*"
-        if self.kind == "prefix":
-            return f"{self.scheme}://{self.host}:{self.port}{self.path}"
-        host = f"*.{self.host}" if self.kind == "wildcard" else self.host
-        return host if self.port is None else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ def test_ip_literal_targets_carry_the_address():
     ("http://example.com/images/%2e%2e/admin", "'..' segments"),
     ("http://example.com/images/%2E%2E%2Fadmin", "'..' segments"),
     ("http://example.com/images/./x", "'..' segments"),
+    ("http://example.com/images/..;/admin", "'..' segments"),
+    ("http://example.com/images/%2e%2e%5cadmin", "'..' segments"),
     ("http://example.com/" + "a" * 5000, "longer than"),
 ])
 def test_bad_urls_are_refused_with_a_reason(url, words):
