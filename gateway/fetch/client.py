@@ -31,8 +31,9 @@ from typing import Any
 import httpcore
 
 from gateway.core.errors import DeadlineExceeded
+from gateway.fetch.addresses import check_addresses
 from gateway.fetch.errors import fetch_error
-from gateway.fetch.policy import AllowList, IPAddress, Refused, Target, check_addresses, parse_url
+from gateway.fetch.policy import AllowList, IPAddress, Refused, Target, parse_url
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The rules of gateway.fetch.policy, case by case: URL grammar, allow-list, address rules."""
+"""The rules of gateway.fetch.policy and .addresses, case by case: URL grammar, allow-list,
+address rules."""
 
 from __future__ import annotations
 
@@ -6,13 +7,8 @@ import ipaddress
 
 import pytest
 
-from gateway.fetch.policy import (
-    AllowList,
-    Refused,
-    address_refusal,
-    check_addresses,
-    parse_url,
-)
+from gateway.fetch.addresses import address_refusal, check_addresses
+from gateway.fetch.policy import AllowList, Refused, parse_url
 
 ip = ipaddress.ip_address
 
