@@ -8,7 +8,14 @@ import numpy as np
 
 from gateway.core.errors import InvalidInput
 from gateway.core.model_meta import ModelMeta
-from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore, RawPixels
+from gateway.core.types import (
+    EmbedItem,
+    EncodedImage,
+    ImageInput,
+    ImageUrl,
+    LabelScore,
+    RawPixels,
+)
 from siglip.v1 import siglip_pb2 as pb
 
 
@@ -22,7 +29,9 @@ def image_from_pb(image: pb.Image, field: str) -> ImageInput:
         return EncodedImage(image.data)
     if source == "raw":
         return RawPixels(image.raw.rgb, image.raw.width, image.raw.height)
-    raise InvalidInput("image has neither data nor raw set", field=field)
+    if source == "url":
+        return ImageUrl(image.url)
+    raise InvalidInput("image has neither data, raw nor url set", field=field)
 
 
 def embed_items_from_pb(inputs: Iterable[pb.EmbedInput], field: str = "inputs") -> list[EmbedItem]:

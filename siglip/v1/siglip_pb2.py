@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16siglip/v1/siglip.proto\x12\tsiglip.v1\"E\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\"\n\x03raw\x18\x02 \x01(\x0b\x32\x13.siglip.v1.RawImageH\x00\x42\x08\n\x06source\"6\n\x08RawImage\x12\x0b\n\x03rgb\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\x84\x01\n\x0f\x43lassifyRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1c\n\x0fprompt_template\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\rB\x12\n\x10_prompt_template\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"7\n\x0e\x43lassification\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.siglip.v1.LabelScore\">\n\x10\x43lassifyResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.siglip.v1.Classification\"H\n\nEmbedInput\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x10.siglip.v1.ImageH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"5\n\x0c\x45mbedRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"9\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\";\n\x12\x45mbedStreamRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\"?\n\x13\x45mbedStreamResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\"?\n\x0cScoreRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\"]\n\rScoreResponse\x12\x12\n\nnum_images\x18\x01 \x01(\r\x12\x11\n\tnum_texts\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\"\x15\n\x13GetModelInfoRequest\"\xe3\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0erandom_weights\x18\x02 \x01(\x08\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\x13\n\x0btext_length\x18\x05 \x01(\r\x12\x13\n\x0blogit_scale\x18\x06 \x01(\x02\x12\x12\n\nlogit_bias\x18\x07 \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\x08 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_prompt_template\x18\t \x01(\t2\xef\x02\n\rSiglipService\x12\x43\n\x08\x43lassify\x12\x1a.siglip.v1.ClassifyRequest\x1a\x1b.siglip.v1.ClassifyResponse\x12:\n\x05\x45mbed\x12\x17.siglip.v1.EmbedRequest\x1a\x18.siglip.v1.EmbedResponse\x12P\n\x0b\x45mbedStream\x12\x1d.siglip.v1.EmbedStreamRequest\x1a\x1e.siglip.v1.EmbedStreamResponse(\x01\x30\x01\x12:\n\x05Score\x12\x17.siglip.v1.ScoreRequest\x1a\x18.siglip.v1.ScoreResponse\x12O\n\x0cGetModelInfo\x12\x1e.siglip.v1.GetModelInfoRequest\x1a\x1f.siglip.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16siglip/v1/siglip.proto\x12\tsiglip.v1\"T\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\"\n\x03raw\x18\x02 \x01(\x0b\x32\x13.siglip.v1.RawImageH\x00\x12\r\n\x03url\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"6\n\x08RawImage\x12\x0b\n\x03rgb\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\x84\x01\n\x0f\x43lassifyRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1c\n\x0fprompt_template\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\rB\x12\n\x10_prompt_template\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"7\n\x0e\x43lassification\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.siglip.v1.LabelScore\">\n\x10\x43lassifyResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.siglip.v1.Classification\"H\n\nEmbedInput\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x10.siglip.v1.ImageH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"5\n\x0c\x45mbedRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"9\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\";\n\x12\x45mbedStreamRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\"?\n\x13\x45mbedStreamResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\"?\n\x0cScoreRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\"]\n\rScoreResponse\x12\x12\n\nnum_images\x18\x01 \x01(\r\x12\x11\n\tnum_texts\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\"\x15\n\x13GetModelInfoRequest\"\xe3\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0erandom_weights\x18\x02 \x01(\x08\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\x13\n\x0btext_length\x18\x05 \x01(\r\x12\x13\n\x0blogit_scale\x18\x06 \x01(\x02\x12\x12\n\nlogit_bias\x18\x07 \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\x08 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_prompt_template\x18\t \x01(\t2\xef\x02\n\rSiglipService\x12\x43\n\x08\x43lassify\x12\x1a.siglip.v1.ClassifyRequest\x1a\x1b.siglip.v1.ClassifyResponse\x12:\n\x05\x45mbed\x12\x17.siglip.v1.EmbedRequest\x1a\x18.siglip.v1.EmbedResponse\x12P\n\x0b\x45mbedStream\x12\x1d.siglip.v1.EmbedStreamRequest\x1a\x1e.siglip.v1.EmbedStreamResponse(\x01\x30\x01\x12:\n\x05Score\x12\x17.siglip.v1.ScoreRequest\x1a\x18.siglip.v1.ScoreResponse\x12O\n\x0cGetModelInfo\x12\x1e.siglip.v1.GetModelInfoRequest\x1a\x1f.siglip.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'siglip.v1.siglip_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGE']._serialized_start=37
-  _globals['_IMAGE']._serialized_end=106
-  _globals['_RAWIMAGE']._serialized_start=108
-  _globals['_RAWIMAGE']._serialized_end=162
-  _globals['_CLASSIFYREQUEST']._serialized_start=165
-  _globals['_CLASSIFYREQUEST']._serialized_end=297
-  _globals['_LABELSCORE']._serialized_start=299
-  _globals['_LABELSCORE']._serialized_end=362
-  _globals['_CLASSIFICATION']._serialized_start=364
-  _globals['_CLASSIFICATION']._serialized_end=419
-  _globals['_CLASSIFYRESPONSE']._serialized_start=421
-  _globals['_CLASSIFYRESPONSE']._serialized_end=483
-  _globals['_EMBEDINPUT']._serialized_start=485
-  _globals['_EMBEDINPUT']._serialized_end=557
-  _globals['_EMBEDREQUEST']._serialized_start=559
-  _globals['_EMBEDREQUEST']._serialized_end=612
-  _globals['_EMBEDDING']._serialized_start=614
-  _globals['_EMBEDDING']._serialized_end=641
-  _globals['_EMBEDRESPONSE']._serialized_start=643
-  _globals['_EMBEDRESPONSE']._serialized_end=700
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=702
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=761
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=763
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=826
-  _globals['_SCOREREQUEST']._serialized_start=828
-  _globals['_SCOREREQUEST']._serialized_end=891
-  _globals['_SCORERESPONSE']._serialized_start=893
-  _globals['_SCORERESPONSE']._serialized_end=986
-  _globals['_GETMODELINFOREQUEST']._serialized_start=988
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1009
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1012
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1239
-  _globals['_SIGLIPSERVICE']._serialized_start=1242
-  _globals['_SIGLIPSERVICE']._serialized_end=1609
+  _globals['_IMAGE']._serialized_end=121
+  _globals['_RAWIMAGE']._serialized_start=123
+  _globals['_RAWIMAGE']._serialized_end=177
+  _globals['_CLASSIFYREQUEST']._serialized_start=180
+  _globals['_CLASSIFYREQUEST']._serialized_end=312
+  _globals['_LABELSCORE']._serialized_start=314
+  _globals['_LABELSCORE']._serialized_end=377
+  _globals['_CLASSIFICATION']._serialized_start=379
+  _globals['_CLASSIFICATION']._serialized_end=434
+  _globals['_CLASSIFYRESPONSE']._serialized_start=436
+  _globals['_CLASSIFYRESPONSE']._serialized_end=498
+  _globals['_EMBEDINPUT']._serialized_start=500
+  _globals['_EMBEDINPUT']._serialized_end=572
+  _globals['_EMBEDREQUEST']._serialized_start=574
+  _globals['_EMBEDREQUEST']._serialized_end=627
+  _globals['_EMBEDDING']._serialized_start=629
+  _globals['_EMBEDDING']._serialized_end=656
+  _globals['_EMBEDRESPONSE']._serialized_start=658
+  _globals['_EMBEDRESPONSE']._serialized_end=715
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=717
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=776
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=778
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=841
+  _globals['_SCOREREQUEST']._serialized_start=843
+  _globals['_SCOREREQUEST']._serialized_end=906
+  _globals['_SCORERESPONSE']._serialized_start=908
+  _globals['_SCORERESPONSE']._serialized_end=1001
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1003
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1024
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1027
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1254
+  _globals['_SIGLIPSERVICE']._serialized_start=1257
+  _globals['_SIGLIPSERVICE']._serialized_end=1624
 # @@protoc_insertion_point(module_scope)
