@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ SCRAPE_INTERVAL_S = 1.0
 CONCURRENCY = 16
 LOAD_S = 20.0
 IDLE_S = 4.0  # before the load: a few scrapes, so rate() has two samples in its window
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,6 +129,7 @@ async def monitored_run(embedded_triton, tiny_checkpoint: Path,
     binary = require_binary("prometheus")
     rendered: dict[str, list[Obj]] = {o: render(o) for o in OVERLAYS}
     work = tmp_path_factory.mktemp("monitoring")
+    began = time.monotonic()
     triton_metrics = f"{embedded_triton.connect_host}:{embedded_triton.ports.metrics}"
     async with _gateways(tiny_checkpoint, embedded_triton.grpc_url, work,
                          PODS_PER_DEPLOYMENT[GATEWAY]) as gateways:
@@ -163,6 +166,8 @@ async def monitored_run(embedded_triton, tiny_checkpoint: Path,
             await asyncio.sleep(window + 3 * SCRAPE_INTERVAL_S)
             after_at = time.time()
             await asyncio.sleep(1.5 * SCRAPE_INTERVAL_S)  # a scrape past after_at
+            log.info("monitored run ready in %.1f s (%d Prometheus, calls %s, windows %d s)",
+                     time.monotonic() - began, len(scrapes), calls, window)
             yield MonitoredRun(scrapes, idle_at, loaded_at, after_at, started_at, calls)
         finally:
             for s in scrapes:

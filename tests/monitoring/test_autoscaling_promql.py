@@ -92,7 +92,10 @@ async def test_signals_rise_under_load_and_fall_after(monitored_run: MonitoredRu
         idle, loaded, after = (_values(scrape, q, at)
                                for at in (run.idle_at, run.loaded_at, run.after_at))
         report.append(f"{q.source}: idle {idle} loaded {loaded} after {after}")
-        for pod in loaded:
+        expected = set(q.pods) if q.per_pod else {""}
+        assert set(idle) == set(loaded) == set(after) == expected, \
+            f"{q.source}: values missing\n" + "\n".join(report)
+        for pod in expected:
             assert loaded[pod] > idle[pod], f"{q.source}: did not rise under load " \
                 f"({idle[pod]} -> {loaded[pod]}, calls {run.calls})\n" + "\n".join(report)
             assert after[pod] < loaded[pod] / 2, f"{q.source}: did not fall after the load " \
