@@ -18,7 +18,10 @@ from tests.monitoring.conftest import MonitoredRun, Scrape
 from tests.support.monitoring_manifests import AutoscalerQuery, selectors
 from tests.support.prometheus import explain_missing
 
-pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
+# The first test sets up the monitored run (~100 s), and the session's Triton (up to 270 s)
+# when no earlier test started it: more than the default 300 s per test.
+pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session"),
+              pytest.mark.timeout(480)]
 
 
 def _missing(scrape: Scrape, expr: str, run: MonitoredRun) -> list[str]:

@@ -22,6 +22,8 @@ from tests.support.k8s_render import K8S
 from tests.support.monitoring_manifests import selectors
 from tests.support.prometheus import explain_missing
 
+# The timeout: see test_autoscaling_promql.py (either module may set the monitored run up).
+pytestmark = [pytest.mark.timeout(480)]
 # Only the tests that query the monitored run need Triton (test_dashboard_shape does not).
 monitored = pytest.mark.triton
 aio = pytest.mark.asyncio(loop_scope="session")
