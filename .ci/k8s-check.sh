@@ -5,8 +5,9 @@
 #      Kubernetes $K8S_VERSION (unknown fields are errors); any warning fails the run too.
 #      Custom resources (PodMonitor, ScaledObject) have no schema there: they are split out
 #      and checked by a strict subset schema written below (every field we use, unknown ones
-#      fail), and the HPA that KEDA creates from each ScaledObject is synthesized and checked
-#      against the real autoscaling/v2 schema. Any other CRD kind fails until handled here.
+#      fail), as is k8s/monitoring/prometheus-rules.yaml (applied on its own: a PrometheusRule
+#      in an overlay fails); the HPA that KEDA creates from each ScaledObject is synthesized
+#      and checked against the real autoscaling/v2 schema. Any other CRD kind fails until handled here.
 #   3. checkov on the rendered manifests and the Dockerfiles (skips listed and justified below).
 #   4. hadolint on both Dockerfiles (every finding fails, severity info and up).
 # Semantic checks (probes, PDBs, grace periods, NetworkPolicy...) are in
@@ -124,6 +125,21 @@ CRD_SCHEMAS = {
     }, required=["apiVersion", "kind", "metadata", "spec"]),
 }
 
+# k8s/monitoring/prometheus-rules.yaml, applied on its own (once per Prometheus, not per
+# overlay): a subset of the operator's PrometheusRule CRD, strict like the ones above.
+# promtool checks the rules themselves (tests/monitoring/test_prometheus_rules.py).
+RULE = {"type": "object", "additionalProperties": False,
+        "properties": {"record": STR, "alert": STR, "expr": STR, "for": STR,
+                       "keep_firing_for": STR, "labels": STRMAP, "annotations": STRMAP},
+        "required": ["expr"], "oneOf": [{"required": ["record"]}, {"required": ["alert"]}]}
+PROMETHEUS_RULE = obj({
+    "apiVersion": STR, "kind": STR, "metadata": METADATA,
+    "spec": obj({"groups": {"type": "array", "minItems": 1, "items": obj({
+        "name": STR, "interval": STR, "limit": INT, "partial_response_strategy": STR,
+        "rules": {"type": "array", "minItems": 1, "items": RULE}}, required=["name", "rules"])}},
+        required=["groups"]),
+}, required=["apiVersion", "kind", "metadata", "spec"])
+
 def keda_hpa(so):
     """The HPA KEDA derives from a ScaledObject, for validation against the real schema."""
     spec = so["spec"]
@@ -145,6 +161,11 @@ for name in names:
     core, crds = [], []
     for d in docs:
         key = (d.get("apiVersion"), d.get("kind"))
+        if key[1] == "PrometheusRule":
+            failed = True
+            print(f"ERROR {name}: PrometheusRule/{d['metadata'].get('name')} in an overlay: "
+                  "the rules are applied once per Prometheus from k8s/monitoring/")
+            continue
         if key in CRD_SCHEMAS:
             crds.append(key[1])
             try:
@@ -160,6 +181,16 @@ for name in names:
     (out / f"{name}.core.yaml").write_text(yaml.safe_dump_all(core, sort_keys=False))
     print(f"{name}: {len(core)} objects for kubernetes-validate, custom resources checked "
           f"here: {', '.join(sorted(crds)) or 'none'}")
+rules_file = Path("k8s/monitoring/prometheus-rules.yaml")
+for d in (d for d in yaml.safe_load_all(rules_file.read_text()) if d):
+    try:
+        assert (d.get("apiVersion"), d.get("kind")) == ("monitoring.coreos.com/v1",
+                                                       "PrometheusRule"), "not a PrometheusRule"
+        jsonschema.validate(d, PROMETHEUS_RULE)
+    except (AssertionError, jsonschema.ValidationError) as e:
+        failed = True
+        print(f"ERROR {rules_file}: {getattr(e, 'message', e)}")
+print(f"{rules_file}: PrometheusRule checked here")
 sys.exit(1 if failed else 0)
 PY
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.core.images import ImageLimits
 from gateway.core.validation import RequestLimits
+from gateway.fetch.policy import AllowList
 from gateway.processes.cpus import default_processes, default_threads
 
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
@@ -65,6 +66,13 @@ class Settings:
     tls_client_ca: str = ""
     auth_token: str = ""
     log_level: str = "INFO"
+    # Images by URL (gateway/fetch/): off while the allow-list is empty. max_bytes 0: the
+    # image size limit (max_message_bytes). The timeout covers redirects and slow bodies.
+    image_url_allow: str = ""
+    image_url_max_bytes: int = 0
+    image_url_timeout_s: float = 10.0
+    image_url_max_redirects: int = 3
+    image_url_ca_file: str = ""
 
     def __post_init__(self) -> None:
         # Resolved once here, so every worker process gets the parent's numbers.
@@ -105,6 +113,12 @@ class Settings:
             raise ValueError("SIGLIP_TRITON_CPU_THREADS must be 0 (auto) or more")
         if self.triton_cpu_interop_threads < 1:
             raise ValueError("SIGLIP_TRITON_CPU_INTEROP_THREADS must be at least 1")
+        AllowList.parse(self.image_url_allow)  # a bad entry fails the start, naming it
+        if self.image_url_max_bytes < 0 or self.image_url_max_redirects < 0:
+            raise ValueError("SIGLIP_IMAGE_URL_MAX_BYTES and SIGLIP_IMAGE_URL_MAX_REDIRECTS "
+                             "must be 0 or more")
+        if not self.image_url_timeout_s > 0:
+            raise ValueError("SIGLIP_IMAGE_URL_TIMEOUT_S must be more than 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("SIGLIP_TLS_CERT and SIGLIP_TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:

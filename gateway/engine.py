@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from gateway.core.cache import EmbeddingCache
-from gateway.core.errors import BackendRejected
+from gateway.core.errors import BackendRejected, InvalidInput
 from gateway.core.images import ImageLimits, PreprocessMode, preprocess_image, triton_decodable
 from gateway.core.model_meta import ModelMeta
 from gateway.core.prompts import (
@@ -38,6 +38,7 @@ from gateway.core.types import (
     EmbedItem,
     EncodedImage,
     ImageInput,
+    ImageUrl,
     LabelScore,
     Scored,
 )
@@ -62,11 +63,19 @@ class Backend(Protocol):
                             deadline: float | None = None) -> np.ndarray: ...
 
 
+class ImageFetcher(Protocol):
+    """Images by URL (gateway.fetch.client.UrlFetcher): the bodies, in order, or a
+    GatewayError naming the field of the first that is refused or fails."""
+
+    async def fetch_all(self, urls: Sequence[str], fields: Sequence[str],
+                        deadline: float | None) -> list[bytes]: ...
+
+
 class Engine:
     def __init__(self, *, meta: ModelMeta, tokenizer: TextTokenizer, backend: Backend,
                  pool: Executor, metrics: Metrics, cache: EmbeddingCache,
                  request_limits: RequestLimits, image_limits: ImageLimits,
-                 mode: PreprocessMode) -> None:
+                 mode: PreprocessMode, fetcher: ImageFetcher | None = None) -> None:
         self.meta = meta
         self._tokenizer = tokenizer
         self._backend = backend
@@ -76,6 +85,8 @@ class Engine:
         self._limits = request_limits
         self._image_limits = image_limits
         self._mode = mode
+        # None: images by URL are off (SIGLIP_IMAGE_URL_ALLOW is empty).
+        self._fetcher = fetcher
         # What this process decodes with: in TRITON mode, what Triton's decoder does not take.
         self._local_mode = PreprocessMode.EXACT if mode is PreprocessMode.TRITON else mode
         # Text embeddings (raw, truncated?) being fetched right now, by text: see _text_embeds.
@@ -191,6 +202,9 @@ class Engine:
         if not images:
             return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
         self._metrics.inputs.labels("image").observe(len(images))
+        if any(isinstance(image, ImageUrl) for image in images):
+            with self._metrics.stage("fetch"):
+                images = await self._fetch_urls(images, fields, deadline)
         with self._metrics.stage("decode"):
             prepared = await asyncio.gather(*(
                 self._run(self._prepare, image, field)
@@ -213,6 +227,22 @@ class Engine:
         for rows, part in zip((r for r in (decoded, encoded) if r), parts, strict=True):
             embeds[rows] = part
         return embeds  # raw: scoring and Embed normalize
+
+    async def _fetch_urls(self, images: Sequence[ImageInput], fields: Sequence[str],
+                          deadline: float | None) -> list[ImageInput]:
+        """The images with every ImageUrl fetched (concurrently) into an EncodedImage, which
+        then takes the path of any encoded image: same limits, same decoding."""
+        at = [i for i, image in enumerate(images) if isinstance(image, ImageUrl)]
+        if self._fetcher is None:
+            raise InvalidInput("fetching images by URL is off (SIGLIP_IMAGE_URL_ALLOW)",
+                               field=f"{fields[at[0]]}.url")
+        bodies = await self._fetcher.fetch_all(
+            [images[i].url for i in at], [f"{fields[i]}.url" for i in at],  # type: ignore[union-attr]
+            deadline)
+        out = list(images)
+        for i, body in zip(at, bodies, strict=True):
+            out[i] = EncodedImage(body)
+        return out
 
     async def _embed_encoded(self, images: list[EncodedImage], fields: list[str],
                              deadline: float | None) -> np.ndarray:

@@ -15,8 +15,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from gateway.fetch.policy import OUTCOMES as URL_FETCH_OUTCOMES
+
 METHODS = ("Classify", "Embed", "EmbedStream", "Score", "GetModelInfo")
-STAGES = ("decode", "tokenize", "triton_vision", "triton_text", "total")
+STAGES = ("fetch", "decode", "tokenize", "triton_vision", "triton_text", "total")
 INPUT_KINDS = ("image", "text")
 DECODE_PLACES = ("gateway", "triton", "gateway_retry")
 
@@ -38,8 +40,8 @@ class Metrics:
             ["method"], buckets=LATENCY_BUCKETS, registry=r)
         self.stage_seconds = Histogram(
             "siglip_gateway_stage_duration_seconds",
-            "Time per request stage: decode (image decode+resize), tokenize, triton_vision and "
-            "triton_text (Triton round trips), total.",
+            "Time per request stage: fetch (images by URL), decode (image decode+resize), "
+            "tokenize, triton_vision and triton_text (Triton round trips), total.",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.inputs = Histogram(
             "siglip_gateway_inputs_per_request", "Images or texts per request.",
@@ -63,6 +65,16 @@ class Metrics:
             "siglip_gateway_triton_ready",
             "1 when Triton and every model this gateway calls are ready.",
             registry=r, multiprocess_mode="livemin")
+        self.image_url_fetches = Counter(
+            "siglip_gateway_image_url_fetches",
+            "Images fetched by URL, by outcome (ok, or why it was refused or failed).",
+            ["outcome"], registry=r)
+        self.image_url_fetch_seconds = Histogram(
+            "siglip_gateway_image_url_fetch_duration_seconds",
+            "Time to fetch one image by URL, redirects included, whatever the outcome.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        for outcome in URL_FETCH_OUTCOMES:
+            self.image_url_fetches.labels(outcome)
         for method in METHODS:
             self.request_seconds.labels(method)
         for stage in STAGES:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from gateway.core.model_meta import ModelMeta, load_model_meta
 from gateway.core.text import TextTokenizer
 from gateway.core.validation import RequestLimits
 from gateway.engine import Engine
+from gateway.fetch.client import FetchConfig, Resolver, UrlFetcher
+from gateway.fetch.policy import AllowList
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,8 @@ class Bound:
 
 class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
-                 checkpoint: Path | None = None, share_port: bool = False) -> None:
+                 checkpoint: Path | None = None, share_port: bool = False,
+                 url_resolver: Resolver | None = None) -> None:
         self.settings = settings
         # A worker of `serve --processes N`: its siblings listen on the same port.
         self._share_port = share_port
@@ -70,6 +74,10 @@ class GatewayServer:
         self._pool: ThreadPoolExecutor | None = None
         self._monitor: asyncio.Task | None = None
         self._metrics_http = None
+        # Images by URL: built in start() when SIGLIP_IMAGE_URL_ALLOW is set; the resolver is
+        # the system's unless a test injects one.
+        self._url_resolver = url_resolver
+        self.fetcher: UrlFetcher | None = None
         self.meta: ModelMeta | None = None
         self.bound: Bound | None = None
 
@@ -93,12 +101,13 @@ class GatewayServer:
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
         backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight)
                    if s.triton_max_calls_in_flight else self._backend)
+        self.fetcher = self._url_fetcher()
         engine = Engine(
             meta=self.meta, tokenizer=tokenizer, backend=backend, pool=self._pool,
             metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
             request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
             image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes),
-            mode=mode)
+            mode=mode, fetcher=self.fetcher)
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
         add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode),
@@ -143,6 +152,8 @@ class GatewayServer:
             await self._server.stop(max(0.0, end - time.monotonic()))
         if self._backend:
             await self._backend.close()
+        if self.fetcher:
+            await self.fetcher.aclose()
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._metrics_http:
@@ -177,6 +188,21 @@ class GatewayServer:
                             self.triton_url, ", ".join(self._backend.models))
             return ok
         return was_ready
+
+    def _url_fetcher(self) -> UrlFetcher | None:
+        s = self.settings
+        allow = AllowList.parse(s.image_url_allow)
+        if not allow:
+            return None
+        max_bytes = min(s.image_url_max_bytes or s.max_message_bytes, s.max_message_bytes)
+        config = FetchConfig(allow=allow, max_bytes=max_bytes,
+                             max_total_bytes=s.max_message_bytes,
+                             timeout_s=s.image_url_timeout_s,
+                             max_redirects=s.image_url_max_redirects)
+        context = ssl.create_default_context(cafile=s.image_url_ca_file) \
+            if s.image_url_ca_file else None
+        return UrlFetcher(config, metrics=self.metrics, resolver=self._url_resolver,
+                          ssl_context=context)
 
     def _options(self) -> list[tuple[str, int]]:
         s = self.settings

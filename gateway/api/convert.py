@@ -15,6 +15,7 @@ from gateway.core.types import (
     EmbedItem,
     EncodedImage,
     ImageInput,
+    ImageUrl,
     LabelScore,
     RawPixels,
     Scored,
@@ -32,7 +33,9 @@ def image_from_pb(image: pb.Image, field: str) -> ImageInput:
         return EncodedImage(image.data)
     if source == "raw":
         return RawPixels(image.raw.rgb, image.raw.width, image.raw.height)
-    raise InvalidInput("image has neither data nor raw set", field=field)
+    if source == "url":
+        return ImageUrl(image.url)
+    raise InvalidInput("image has neither data, raw nor url set", field=field)
 
 
 def embed_items_from_pb(inputs: Iterable[pb.EmbedInput], field: str = "inputs") -> list[EmbedItem]:

@@ -16,6 +16,8 @@ class ErrorKind(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    # Something outside the gateway the request depends on failed (an image URL's remote).
+    FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
 
 

@@ -23,9 +23,16 @@ class RawPixels:
     height: int
 
 
-ImageInput = EncodedImage | RawPixels
+@dataclass(frozen=True)
+class ImageUrl:
+    """An image to fetch (gateway.fetch); off unless SIGLIP_IMAGE_URL_ALLOW is set."""
+
+    url: str
+
+
+ImageInput = EncodedImage | RawPixels | ImageUrl
 # An Embed input: an image or a text.
-EmbedItem = EncodedImage | RawPixels | str
+EmbedItem = EncodedImage | RawPixels | ImageUrl | str
 
 
 @dataclass(frozen=True)

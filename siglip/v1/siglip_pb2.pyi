@@ -17,12 +17,14 @@ EMBEDDING_DTYPE_FLOAT32: EmbeddingDtype
 EMBEDDING_DTYPE_FLOAT16: EmbeddingDtype
 
 class Image(_message.Message):
-    __slots__ = ("data", "raw")
+    __slots__ = ("data", "raw", "url")
     DATA_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     raw: RawImage
-    def __init__(self, data: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
+    url: str
+    def __init__(self, data: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., url: _Optional[str] = ...) -> None: ...
 
 class RawImage(_message.Message):
     __slots__ = ("rgb", "width", "height")
