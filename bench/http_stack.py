@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Which ASGI stack for the HTTP API: the same embed-like route on each, side by side.
 
-    python bench/http_stack.py --seconds 5 --concurrency 32 [--python VENV/bin/python ...]
+    python bench/http_stack.py --seconds 5 --concurrency 32 [--granian-python VENV/bin/python]
+    python bench/http_stack.py --encoders   # only the response encoders, in this process
 
 Each stack serves POST /v1/embed in its own process (one core's worth of Python, as one gateway
 process): the body {"inputs": [{"text": ...}]} is parsed, and a {"embeddings": [{"values":
@@ -151,6 +152,35 @@ async def load(port: int, concurrency: int, seconds: float, warmup: float) -> tu
     return counter[0], elapsed
 
 
+def time_encoders(dim: int) -> None:
+    """One embedding answer encoded by each available encoder: microseconds and bytes."""
+    import timeit
+
+    import numpy as np
+
+    row = np.random.default_rng(0).standard_normal(dim).astype(np.float32)
+    rows = (row / np.linalg.norm(row))[None]
+    encoders = {"json.dumps(tolist)": lambda: json.dumps(
+        {"embeddings": [{"values": r} for r in rows.tolist()]}, separators=(",", ":")).encode()}
+    try:
+        import orjson
+
+        encoders["orjson(float32 array)"] = lambda: orjson.dumps(
+            {"embeddings": [{"values": r} for r in rows]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    except ImportError:
+        pass
+    try:
+        import pydantic_core
+
+        encoders["pydantic_core.to_json(tolist)"] = lambda: pydantic_core.to_json(
+            {"embeddings": [{"values": r} for r in rows.tolist()]})
+    except ImportError:
+        pass
+    for name, encode in encoders.items():
+        seconds = min(timeit.repeat(encode, number=1000, repeat=3)) / 1000
+        print(f"{name:<32} {seconds * 1e6:8.1f} us  {len(encode())} bytes")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0)
@@ -159,7 +189,11 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=768, help="values per embedding (base: 768)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--granian-python", help="a Python with granian and starlette installed")
+    p.add_argument("--encoders", action="store_true", help="time the response encoders only")
     args = p.parse_args()
+    if args.encoders:
+        time_encoders(args.dim)
+        return 0
     import psutil
 
     stacks = {"uvicorn-starlette-json": sys.executable,
