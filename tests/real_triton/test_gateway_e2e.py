@@ -66,7 +66,7 @@ def reference(tiny_checkpoint):
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(embedded_triton, tiny_checkpoint):
     settings = Settings.from_env({}, model=str(tiny_checkpoint), host="127.0.0.1", port=0,
-                                 metrics_port=0)
+                                 metrics_port=0, http_port=-1)
     server = GatewayServer(settings, embedded_triton.grpc_url)
     await server.start()
     await server.wait_ready(60)
