@@ -73,7 +73,7 @@ class HttpApi:
         async def model_info(request: Request) -> Response:
             return await self._call("GetModelInfo", request, self._model_info, body=False)
 
-        return Starlette(routes=[
+        routes = [
             post("/v1/classify", "Classify", self._classify),
             post("/v1/embed", "Embed", self._embed),
             post("/v1/score", "Score", self._score),
@@ -81,8 +81,10 @@ class HttpApi:
             Route("/v1/models/info", model_info, methods=["GET"]),
             Route("/openapi.json", self._openapi_json, methods=["GET"]),
             Route("/", self._index, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=self._static, check_dir=False)),
-        ], exception_handlers={HTTPException: _http_exception})
+        ]
+        if self._static.is_dir():  # without the page's files, /static/* is a plain 404
+            routes.append(Mount("/static", StaticFiles(directory=self._static)))
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
 
     # -- handlers: JSON in, JSON out ---------------------------------------------------
     async def _classify(self, body: Any, deadline: float | None) -> Any:
