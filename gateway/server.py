@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,9 +36,10 @@ from gateway.core.model_meta import ModelMeta, load_model_meta
 from gateway.core.text import TextTokenizer
 from gateway.core.validation import RequestLimits
 from gateway.engine import Engine
-from gateway.http.app import HttpApi
-from gateway.http.server import HttpServer
 from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,10 @@ class GatewayServer:
         await self._server.start()
         http_port = None
         if s.http_port >= 0:
+            # Imported only when on: starlette, uvicorn and orjson stay out of gRPC-only runs.
+            from gateway.http.app import HttpApi
+            from gateway.http.server import HttpServer
+
             api = HttpApi(engine, self.admission, self.metrics, preprocess_mode=s.preprocess_mode,
                           max_message_bytes=s.max_message_bytes, auth_token=s.auth_token)
             self._http = HttpServer(api.app(), s, share_port=self._share_port)
