@@ -197,6 +197,10 @@ class Engine:
         return (np.stack([r[0] for r in rows]).astype(np.float32),
                 np.array([r[1] for r in rows], dtype=bool))
 
+    async def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text before padding (usage reporting of the OpenAI-compatible API)."""
+        return await self._run(self._tokenizer.count, list(texts)) if texts else []
+
     async def _image_embeds(self, images: Sequence[ImageInput], fields: Sequence[str],
                             deadline: float | None) -> np.ndarray:
         if not images:

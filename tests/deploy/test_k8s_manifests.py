@@ -100,7 +100,8 @@ def test_gateway_ports_match_settings(docs: list[Obj]) -> None:
     gw = container(get(docs, "Deployment", GATEWAY), "gateway")
     env = env_of(docs, gw)
     ports = {p["name"]: p["containerPort"] for p in gw["ports"]}
-    assert ports == {"grpc": int(env["SIGLIP_PORT"]), "metrics": int(env["SIGLIP_METRICS_PORT"])}
+    assert ports == {"grpc": int(env["SIGLIP_PORT"]), "metrics": int(env["SIGLIP_METRICS_PORT"]),
+                     "http": int(env["SIGLIP_HTTP_PORT"])}
     # Workers follow the CPU limit, not the node's core count.
     assert env["SIGLIP_WORKERS"]["resourceFieldRef"]["resource"] == "limits.cpu"
 
@@ -274,8 +275,11 @@ def test_services(docs: list[Obj]) -> None:
         assert svc["spec"]["selector"] == {NAME_LABEL: dep_name}
         assert selects({"matchLabels": svc["spec"]["selector"]}, pod_labels(dep))
         port_names = {p["name"] for c in pod_spec(dep)["containers"] for p in c["ports"]}
+        # The gateway's Services carry its HTTP/JSON port too; Triton's only gRPC.
+        names = {"grpc", "http"} if dep_name == GATEWAY else {"grpc"}
+        assert {p["name"] for p in svc["spec"]["ports"]} == names
         for port in svc["spec"]["ports"]:
-            assert port["name"] == "grpc" and port["targetPort"] in port_names
+            assert port["targetPort"] == port["name"] and port["targetPort"] in port_names
 
 
 def test_gateway_reaches_triton_through_headless_dns(docs: list[Obj]) -> None:

@@ -125,3 +125,6 @@ def test_gateway_api_open_within_cluster(docs: list[Obj]) -> None:
     assert selects(policy["spec"]["podSelector"], pod_labels(gateway))
     rules = ingress_rules_for_port(policy, "grpc", 50051)
     assert [r["from"] for r in rules] == [[{"namespaceSelector": {}}]]
+    # The HTTP/JSON port, as open as the gRPC one.
+    rules = ingress_rules_for_port(policy, "http", 8080)
+    assert [r["from"] for r in rules] == [[{"namespaceSelector": {}}]]

@@ -66,7 +66,7 @@ def reference(tiny_checkpoint):
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(embedded_triton, tiny_checkpoint):
     settings = Settings.from_env({}, model=str(tiny_checkpoint), host="127.0.0.1", port=0,
-                                 metrics_port=0)
+                                 metrics_port=0, http_port=-1)
     server = GatewayServer(settings, embedded_triton.grpc_url)
     await server.start()
     await server.wait_ready(60)
@@ -183,7 +183,7 @@ async def test_health_reflection_and_metrics(client, gateway):
         sample.value for family in text_string_to_metric_families(body)
         for sample in family.samples
         if sample.name == "siglip_gateway_requests_total"
-        and sample.labels == {"method": "Classify", "code": "OK"}]
+        and sample.labels == {"method": "Classify", "code": "OK", "protocol": "grpc"}]
     assert ok_classify and ok_classify[0] >= 1
 
 

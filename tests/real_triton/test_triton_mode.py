@@ -186,7 +186,7 @@ async def gateways(embedded_triton, tiny_checkpoint):
     servers = {}
     for mode in ("exact", "triton"):
         settings = Settings.from_env({}, model=str(tiny_checkpoint), host="127.0.0.1", port=0,
-                                     metrics_port=-1, preprocess_mode=mode)
+                                     metrics_port=-1, http_port=-1, preprocess_mode=mode)
         servers[mode] = GatewayServer(settings, embedded_triton.grpc_url)
         await servers[mode].start()
     for server in servers.values():
