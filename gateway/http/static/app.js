@@ -7,12 +7,14 @@
   const $ = (id) => document.getElementById(id);
   const els = {
     modelInfo: $("model-info"), randomWarning: $("random-warning"), token: $("token"),
+    tokenForm: $("token-form"),
     dropzone: $("dropzone"), fileInput: $("file-input"), imageNotes: $("image-notes"),
     previews: $("previews"), clearImages: $("clear-images"),
     classifyForm: $("classify-form"), classify: $("classify"), labels: $("labels"),
     template: $("template"), error: $("error"), status: $("status"),
     resultsSection: $("results-section"), results: $("results"),
     searchForm: $("search-form"), search: $("search"), query: $("query"), matches: $("matches"),
+    searchError: $("search-error"), searchStatus: $("search-status"),
   };
   // Requests in flight at once when classifying many images (one request per image, so one
   // bad or oversized file fails only its own card).
@@ -71,17 +73,18 @@
 
   // --- messages ------------------------------------------------------------------------------
 
-  function showError(text) {
-    els.error.textContent = text;
-    els.error.hidden = false;
+  // Each form has its own error box and status line, next to it.
+  function showError(text, box = els.error) {
+    box.textContent = text;
+    box.hidden = false;
   }
 
-  function clearError() {
-    els.error.hidden = true;
-    els.error.textContent = "";
+  function clearError(box = els.error) {
+    box.hidden = true;
+    box.textContent = "";
   }
 
-  function setStatus(text) { els.status.textContent = text; }
+  function setStatus(text, line = els.status) { line.textContent = text; }
 
   // --- model info ----------------------------------------------------------------------------
 
@@ -148,7 +151,13 @@
     el.src = img.url;
     el.alt = "";  // the file name is always shown next to it
     el.decoding = "async";
-    el.addEventListener("error", () => el.classList.add("broken"), { once: true });
+    // A format the browser cannot show (the server may still read it): a plain box instead.
+    el.addEventListener("error", () => {
+      const box = document.createElement("span");
+      box.className = "no-preview";
+      box.textContent = "no preview";
+      el.replaceWith(box);
+    }, { once: true });
     return el;
   }
 
@@ -314,17 +323,18 @@
 
   async function search(event) {
     event.preventDefault();
-    clearError();
+    clearError(els.searchError);
     const text = els.query.value.trim();
     if (images.length === 0 || !text) {
       showError(images.length === 0 ? "Choose or drop at least one image first."
-        : "Type a text to look for.");
+        : "Type a text to look for.", els.searchError);
       return;
     }
     const batch = images.slice();
     els.search.disabled = true;
     els.matches.setAttribute("aria-busy", "true");
-    setStatus(`Scoring ${batch.length} image${batch.length === 1 ? "" : "s"} against the text…`);
+    setStatus(`Scoring ${batch.length} image${batch.length === 1 ? "" : "s"} against the text…`,
+      els.searchStatus);
     try {
       const data = await Promise.all(batch.map((img) => img.base64()));
       const response = await api("v1/score", { images: data.map((d) => ({ data: d })), texts: [text] });
@@ -341,11 +351,11 @@
         label.append(thumbnail(r.img), name);
         return barRow(label, r.probability, r.logit);
       }));
-      setStatus(`Images ranked by how well they match “${text}”.`);
+      setStatus(`Images ranked by how well they match “${text}”.`, els.searchStatus);
     } catch (err) {
       els.matches.replaceChildren();
-      showError(describe(err));
-      setStatus("");
+      showError(describe(err), els.searchError);
+      setStatus("", els.searchStatus);
     } finally {
       els.search.disabled = false;
       els.matches.removeAttribute("aria-busy");
@@ -394,5 +404,6 @@
   els.classifyForm.addEventListener("submit", classify);
   els.searchForm.addEventListener("submit", search);
   els.token.addEventListener("change", loadInfo);
+  els.tokenForm.addEventListener("submit", (event) => { event.preventDefault(); loadInfo(); });
   loadInfo();
 })();
