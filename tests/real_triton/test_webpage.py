@@ -1,0 +1,173 @@
+"""The try-it page (gateway/http/static/) in a real headless Chromium, against the real gateway's
+HTTP port and the real embedded Triton: what the page shows must be what gRPC answers for the
+same images, labels and template, to the precision shown."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+
+from tests.support import imagegen
+from tests.support.browser import chromium
+from tests.support.gateway_harness import InProcessGateway, running_gateway
+
+pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
+
+TOKEN = "webpage-test-token"
+WAIT_MS = 30_000
+IMAGES = {
+    "street.jpg": imagegen.photo_jpeg(480, 320, seed=3),
+    "logo.png": imagegen.png_rgba(),
+}
+# One per line, so a label may hold a comma.
+LABELS = ["a cat", "a dog", "red, green and blue", "a car", "naïve café"]
+TEMPLATE = "a picture of {}"
+QUERY = "a colourful street"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway(embedded_triton, tiny_checkpoint) -> AsyncIterator[InProcessGateway]:
+    async with running_gateway(tiny_checkpoint, embedded_triton.grpc_url, http_port=0,
+                               auth_token=TOKEN, ready_timeout_s=60) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def base_url(gateway: InProcessGateway) -> str:
+    bound = gateway.server.bound
+    assert bound is not None and bound.http_port is not None
+    return f"http://127.0.0.1:{bound.http_port}/"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def browser():
+    async with chromium() as b:
+        yield b
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser, base_url):
+    """A fresh page, phone-sized, that records every request it makes and every script error."""
+    context = await browser.new_context(viewport={"width": 375, "height": 800})
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.requested = []  # type: ignore[attr-defined]
+    page.script_errors = []  # type: ignore[attr-defined]
+    page.on("request", lambda r: page.requested.append(r.url))  # type: ignore[attr-defined]
+    page.on("pageerror", lambda e: page.script_errors.append(str(e)))  # type: ignore[attr-defined]
+    await page.goto(base_url)
+    yield page
+    await context.close()
+
+
+def _files() -> list[dict[str, object]]:
+    return [{"name": name, "mimeType": "image/png" if name.endswith(".png") else "image/jpeg",
+             "buffer": data} for name, data in IMAGES.items()]
+
+
+def _assert_shown(shown: str, exact: float, what: str) -> None:
+    """``shown`` is ``exact`` rounded to the digits shown (half a unit of the last one)."""
+    tolerance = 0.5 * 10.0 ** Decimal(shown).as_tuple().exponent
+    assert abs(float(shown) - exact) <= tolerance * (1 + 1e-6) + 1e-9, (what, shown, exact)
+
+
+async def _enter_token(page) -> None:
+    from playwright.async_api import expect
+
+    await page.fill("#token", TOKEN)
+    await page.press("#token", "Enter")
+    await expect(page.locator("#model-info")).to_contain_text("Model ")
+
+
+async def _rows(list_locator) -> list[tuple[str, str]]:
+    return [tuple(r) for r in await list_locator.locator(".bar-row").evaluate_all(
+        "rows => rows.map(r => [r.querySelector('.label').textContent.trim(),"
+        " r.querySelector('.probability').textContent.trim()])")]
+
+
+async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, base_url):
+    from playwright.async_api import expect
+
+    async with gateway.client(token=TOKEN) as client:
+        info = await client.model_info()
+        expected = await client.classify(list(IMAGES.values()), LABELS, prompt_template=TEMPLATE)
+        scores = await client.score(list(IMAGES.values()), [QUERY])
+
+    # Header: the model, and the random-weights warning exactly when the server says so.
+    await expect(page.locator("#model-info")).to_contain_text("bearer token")
+    await _enter_token(page)
+    await expect(page.locator("#model-info")).to_contain_text(info.model_id)
+    warning = expect(page.locator("#random-warning"))
+    await (warning.to_be_visible() if info.random_weights else warning.to_be_hidden())
+
+    await page.set_input_files("#file-input", files=_files())
+    await expect(page.locator("#previews > li")).to_have_count(len(IMAGES))
+    await page.fill("#labels", "\n".join(LABELS))
+    await page.fill("#template", TEMPLATE)
+    await page.click("#classify")
+
+    cards = page.locator("#results > li")
+    await expect(cards).to_have_count(len(IMAGES))
+    await expect(page.locator("#results [aria-busy]")).to_have_count(0)
+    await expect(page.locator("#error")).to_be_hidden()
+    for i, (name, want) in enumerate(zip(IMAGES, expected, strict=True)):
+        card = cards.nth(i)
+        await expect(card.locator("figcaption")).to_have_text(name)
+        rows = await _rows(card)
+        assert [label for label, _ in rows] == [s.label for s in want], name
+        for (label, shown), score in zip(rows, want, strict=True):
+            _assert_shown(shown, score.probability, f"{name} / {label}")
+
+    # Search among the images: ranked as gRPC Score ranks them, with its numbers.
+    await page.fill("#query", QUERY)
+    await page.click("#search")
+    matches = page.locator("#matches")
+    await expect(matches.locator(".bar-row")).to_have_count(len(IMAGES))
+    probabilities = scores.probabilities[:, 0]
+    ranked = sorted(range(len(IMAGES)), key=lambda i: -probabilities[i])
+    rows = await _rows(matches)
+    assert [name for name, _ in rows] == [list(IMAGES)[i] for i in ranked]
+    for (name, shown), i in zip(rows, ranked, strict=True):
+        _assert_shown(shown, float(probabilities[i]), name)
+
+    # Everything came from this server (no CDN, nothing outside), nothing in the page failed,
+    # and a phone-sized screen needs no sideways scrolling.
+    outside = [u for u in page.requested
+               if not u.startswith((base_url, "blob:", "data:"))]
+    assert outside == []
+    assert page.script_errors == []
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+async def test_page_shows_the_api_errors(page, base_url):
+    from playwright.async_api import expect
+
+    async def api_error(body: dict[str, object], token: str | None) -> str:
+        """The message the JSON API itself answers for this body."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await page.request.post(base_url + "v1/classify", data=body, headers=headers)
+        assert not response.ok
+        return (await response.json())["error"]["message"]
+
+    image = {"data": base64.b64encode(IMAGES["street.jpg"]).decode()}
+    await page.set_input_files("#file-input", files=_files()[:1])
+
+    # No token yet: the server refuses, and the page says why.
+    await page.fill("#labels", "a cat, a dog")
+    await page.click("#classify")
+    error = page.locator("#error")
+    await expect(error).to_be_visible()
+    await expect(error).to_contain_text(
+        await api_error({"images": [image], "labels": ["a cat", "a dog"]}, None))
+
+    # With the token, but no labels: the API's own message, shown once.
+    await _enter_token(page)
+    await page.fill("#labels", " , ")
+    await page.click("#classify")
+    await expect(error).to_contain_text(await api_error({"images": [image], "labels": []}, TOKEN))
+    await expect(page.locator("#results .bar-row")).to_have_count(0)
+    assert page.script_errors == []
