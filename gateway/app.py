@@ -61,8 +61,9 @@ async def serve(settings: Settings) -> int:
             meta = server.meta
             assert meta is not None
             log.info(
-                "siglip-gateway ready: grpc %s:%d, metrics :%s, model %s%s, embedding dim %d, "
-                "triton %s%s", settings.host, bound.port, bound.metrics_port, settings.model,
+                "siglip-gateway ready: grpc %s:%d, metrics :%s, http :%s, model %s%s, "
+                "embedding dim %d, triton %s%s", settings.host, bound.port, bound.metrics_port,
+                bound.http_port, settings.model,
                 " (RANDOM WEIGHTS: scores are meaningless)" if meta.random_weights else "",
                 meta.embedding_dim, triton_url, " (embedded)" if triton else "")
         await stop.wait()

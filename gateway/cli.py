@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="gRPC port (SIGLIP_PORT, default 50051)")
     s.add_argument("--metrics-port", type=int,
                    help="Prometheus port (SIGLIP_METRICS_PORT, default 9090; -1 disables)")
+    s.add_argument("--http-port", type=int,
+                   help="HTTP/JSON and OpenAI-compatible port (SIGLIP_HTTP_PORT, default 8080; "
+                        "-1 disables)")
     s.add_argument("--triton-url", help="external Triton gRPC HOST:PORT (SIGLIP_TRITON_URL)")
     s.add_argument("--preprocess-mode", choices=("exact", "fast", "triton"),
                    help="image preprocessing (SIGLIP_PREPROCESS_MODE)")
@@ -174,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(
             model=args.model, host=args.host, port=args.port, metrics_port=args.metrics_port,
+            http_port=args.http_port,
             triton_url=args.triton_url, preprocess_mode=args.preprocess_mode,
             processes=args.processes)
     except ValueError as exc:

@@ -29,6 +29,8 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 9090
+    # HTTP/JSON and OpenAI-compatible API (gateway/http/) in the same process(es); -1: off.
+    http_port: int = 8080
     # Empty: start the embedded Triton from the nvidia-pytriton wheel.
     triton_url: str = ""
     triton_timeout_s: float = 30.0

@@ -109,6 +109,10 @@ class Engine:
             out[text_at] = text_embeds
         return out
 
+    async def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text before padding (usage reporting of the OpenAI-compatible API)."""
+        return await self._run(self._tokenizer.count, list(texts)) if texts else []
+
     async def _image_embeds(self, images: Sequence[ImageInput], fields: Sequence[str],
                             deadline: float | None) -> np.ndarray:
         if not images:

@@ -16,6 +16,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 METHODS = ("Classify", "Embed", "EmbedStream", "Score", "GetModelInfo")
+# HTTP routes: the unary RPCs they mirror, and OpenAI's POST /v1/embeddings.
+HTTP_METHODS = ("Classify", "Embed", "Score", "GetModelInfo", "OpenAIEmbeddings")
+PROTOCOLS = ("grpc", "http")
 STAGES = ("decode", "tokenize", "triton_vision", "triton_text", "total")
 INPUT_KINDS = ("image", "text")
 DECODE_PLACES = ("gateway", "triton", "gateway_retry")
@@ -31,11 +34,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "siglip_gateway_requests", "Finished RPCs by method and gRPC status code.",
-            ["method", "code"], registry=r)
+            "siglip_gateway_requests",
+            "Finished requests by method, gRPC status code name and protocol (grpc, http).",
+            ["method", "code", "protocol"], registry=r)
         self.request_seconds = Histogram(
-            "siglip_gateway_request_duration_seconds", "RPC latency as seen by the gateway.",
-            ["method"], buckets=LATENCY_BUCKETS, registry=r)
+            "siglip_gateway_request_duration_seconds", "Request latency as seen by the gateway.",
+            ["method", "protocol"], buckets=LATENCY_BUCKETS, registry=r)
         self.stage_seconds = Histogram(
             "siglip_gateway_stage_duration_seconds",
             "Time per request stage: decode (image decode+resize), tokenize, triton_vision and "
@@ -64,13 +68,22 @@ class Metrics:
             "1 when Triton and every model this gateway calls are ready.",
             registry=r, multiprocess_mode="livemin")
         for method in METHODS:
-            self.request_seconds.labels(method)
+            self.request_seconds.labels(method, "grpc")
+        for method in HTTP_METHODS:
+            self.request_seconds.labels(method, "http")
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         for kind in INPUT_KINDS:
             self.inputs.labels(kind)
         for where in DECODE_PLACES:
             self.image_decodes.labels(where)
+
+    def request_done(self, method: str, protocol: str, code: str, elapsed_s: float) -> None:
+        """One finished request of either protocol; ``code`` is a gRPC status name."""
+        self.requests.labels(method, code, protocol).inc()
+        self.request_seconds.labels(method, protocol).observe(elapsed_s)
+        if method != "GetModelInfo":
+            self.stage_seconds.labels("total").observe(elapsed_s)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

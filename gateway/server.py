@@ -1,9 +1,11 @@
-"""The gateway's gRPC server: wiring, health, readiness monitoring and graceful shutdown.
+"""The gateway's gRPC server (and its HTTP/JSON port on the same engine): wiring, health,
+readiness monitoring and graceful shutdown.
 
 Start-up order: checkpoint metadata and tokenizer (no weights, no torch) → one Triton
 client → gRPC server with health NOT_SERVING → a monitor that flips health to SERVING
 while Triton's two models are ready. Shutdown (SIGTERM): health NOT_SERVING at once,
-new calls refused, calls in flight drained within the grace period, then stop.
+new calls refused (and the HTTP port stops accepting connections), calls in flight of both
+protocols drained within the grace period, then stop.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from gateway.core.model_meta import ModelMeta, load_model_meta
 from gateway.core.text import TextTokenizer
 from gateway.core.validation import RequestLimits
 from gateway.engine import Engine
+from gateway.http.app import HttpApi
+from gateway.http.server import HttpServer
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class Bound:
 
     port: int
     metrics_port: int | None
+    http_port: int | None = None
 
 
 class GatewayServer:
@@ -70,6 +75,7 @@ class GatewayServer:
         self._pool: ThreadPoolExecutor | None = None
         self._monitor: asyncio.Task | None = None
         self._metrics_http = None
+        self._http: HttpServer | None = None
         self.meta: ModelMeta | None = None
         self.bound: Bound | None = None
 
@@ -116,12 +122,18 @@ class GatewayServer:
         # first check is on the way: it checks before it listens.
         seen = await self._check_triton(None) if self._share_port else None
         await self._server.start()
+        http_port = None
+        if s.http_port >= 0:
+            api = HttpApi(engine, self.admission, self.metrics, preprocess_mode=s.preprocess_mode,
+                          max_message_bytes=s.max_message_bytes, auth_token=s.auth_token)
+            self._http = HttpServer(api.app(), s, share_port=self._share_port)
+            http_port = await self._http.start()
         metrics_port = None
         if s.metrics_port >= 0:
             self._metrics_http, _ = self.metrics.serve(s.metrics_port, s.host)
             metrics_port = self._metrics_http.server_port
         self._monitor = asyncio.create_task(self._watch_triton(seen))
-        self.bound = Bound(port, metrics_port)
+        self.bound = Bound(port, metrics_port, http_port)
         return self.bound
 
     async def wait_ready(self, timeout_s: float) -> None:
@@ -133,12 +145,16 @@ class GatewayServer:
         end = time.monotonic() + grace_s
         self._draining = True
         self.admission.close()
+        if self._http:
+            self._http.stop_accepting()
         for name in READINESS_SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining %d calls in flight (grace %.0f s)", self.admission.in_flight, grace_s)
         await self.admission.wait_idle(end - time.monotonic())
         if self._monitor:
             self._monitor.cancel()
+        if self._http:
+            await self._http.stop(end - time.monotonic())
         if self._server:
             await self._server.stop(max(0.0, end - time.monotonic()))
         if self._backend:

@@ -1,4 +1,5 @@
-"""The one table from domain errors to gRPC status codes, and how a call is aborted.
+"""The one table from domain errors to gRPC status codes and HTTP statuses, and how a call
+is aborted (gRPC) or answered (HTTP).
 
 Client mistakes carry a message that names the field and ``google.rpc.BadRequest``
 details; anything unexpected becomes INTERNAL with a generic message, and its
@@ -8,6 +9,8 @@ details go to our log only.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,13 +21,32 @@ from gateway.core.errors import ErrorKind, GatewayError
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_KIND: dict[ErrorKind, grpc.StatusCode] = {
-    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+
+@dataclass(frozen=True)
+class Status:
+    grpc: grpc.StatusCode
+    http: int
+    # OpenAI's error `type`, so that OpenAI clients classify the error as they expect.
+    openai_type: str
+
+
+# The one table. Both protocols answer from it; the HTTP body's `code` is the gRPC name, so
+# one dashboard (and one client-side check) covers both.
+STATUS_TABLE: dict[ErrorKind, Status] = {
+    ErrorKind.INVALID_ARGUMENT: Status(grpc.StatusCode.INVALID_ARGUMENT, 400,
+                                       "invalid_request_error"),
+    ErrorKind.UNAUTHENTICATED: Status(grpc.StatusCode.UNAUTHENTICATED, 401,
+                                      "authentication_error"),
+    ErrorKind.PAYLOAD_TOO_LARGE: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
+                                        "invalid_request_error"),
+    ErrorKind.RESOURCE_EXHAUSTED: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429,
+                                         "rate_limit_error"),
+    ErrorKind.UNAVAILABLE: Status(grpc.StatusCode.UNAVAILABLE, 503, "server_error"),
+    ErrorKind.DEADLINE_EXCEEDED: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "server_error"),
+    ErrorKind.INTERNAL: Status(grpc.StatusCode.INTERNAL, 500, "server_error"),
 }
+STATUS_BY_KIND: dict[ErrorKind, grpc.StatusCode] = {
+    kind: status.grpc for kind, status in STATUS_TABLE.items()}
 
 INTERNAL_MESSAGE = "internal error; see the gateway's log"
 
@@ -35,14 +57,27 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _public_message(exc: BaseException) -> str:
+    """What the caller may see; an unexpected error is logged here and shown generically."""
+    if not isinstance(exc, GatewayError) or exc.kind is ErrorKind.INTERNAL:
+        log.error("internal error", exc_info=exc)
+        return INTERNAL_MESSAGE
+    return exc.public_message
+
+
+def to_http_error(exc: BaseException) -> tuple[Status, dict[str, Any]]:
+    """The status and the JSON body of an HTTP error: OpenAI's error shape, which the openai
+    client surfaces (message, type, code, param), with ``code`` the gRPC status name."""
+    status = STATUS_TABLE[exc.kind if isinstance(exc, GatewayError) else ErrorKind.INTERNAL]
+    field = exc.field if isinstance(exc, GatewayError) else None
+    return status, {"error": {"message": _public_message(exc), "type": status.openai_type,
+                              "code": status.grpc.name, "param": field}}
+
+
 def to_grpc_status(exc: BaseException) -> grpc.Status:
     """A rich status: code, safe message and, for bad fields, BadRequest details."""
     code = status_for(exc)
-    if not isinstance(exc, GatewayError) or code is grpc.StatusCode.INTERNAL:
-        log.error("internal error", exc_info=exc)
-        message = INTERNAL_MESSAGE
-    else:
-        message = exc.public_message
+    message = _public_message(exc)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     if isinstance(exc, GatewayError) and exc.field and code is grpc.StatusCode.INVALID_ARGUMENT:
         detail = any_pb2.Any()

@@ -135,11 +135,7 @@ class SiglipServicer:
             self._finish(method, code, start)
 
     def _finish(self, method: str, code: grpc.StatusCode, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        self._metrics.requests.labels(method, code.name).inc()
-        self._metrics.request_seconds.labels(method).observe(elapsed)
-        if method != "GetModelInfo":
-            self._metrics.stage_seconds.labels("total").observe(elapsed)
+        self._metrics.request_done(method, "grpc", code.name, time.perf_counter() - start)
 
 
 def add_to_server(servicer: SiglipServicer, server: grpc.aio.Server) -> None:

@@ -2,7 +2,7 @@
 
 Every error the gateway raises on purpose is a ``GatewayError``; its ``kind`` says
 which class of failure it is. ``gateway.api.errors`` holds the one table that maps
-kinds to gRPC status codes, so this module stays free of grpc.
+kinds to gRPC status codes and HTTP statuses, so this module stays free of grpc.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import ClassVar
 
 class ErrorKind(enum.Enum):
     INVALID_ARGUMENT = "invalid_argument"
+    UNAUTHENTICATED = "unauthenticated"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -38,6 +40,18 @@ class InvalidInput(GatewayError):
     """The caller sent something we cannot use; ``field`` names it (``images[3]``)."""
 
     kind = ErrorKind.INVALID_ARGUMENT
+
+
+class Unauthenticated(GatewayError):
+    """No valid bearer token (HTTP; gRPC answers from its interceptor)."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PayloadTooLarge(GatewayError):
+    """A request body over the size limit, refused before the rest of it is read (HTTP)."""
+
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
 
 
 class Overloaded(GatewayError):

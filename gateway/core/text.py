@@ -57,6 +57,15 @@ class TextTokenizer:
                                f"({len(texts)}, {self._text_length})")
         return out
 
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text becomes (end-of-sequence included, truncated as ``encode`` does,
+        without its padding): what the OpenAI API calls a text's prompt tokens."""
+        if len(texts) == 0:
+            return []
+        ids = self._tokenizer(list(texts), max_length=self._text_length, truncation=True,
+                              return_attention_mask=False)["input_ids"]
+        return [len(row) for row in ids]
+
 
 def validate_template(template: str, *, field: str = "prompt_template") -> str:
     """Return ``template`` if it has exactly one ``{}`` and no other brace, else InvalidInput.

@@ -1,4 +1,4 @@
-"""The gRPC port shared by the worker processes: checked free, then held for them.
+"""The ports (gRPC, HTTP) shared by the worker processes: checked free, then held for them.
 
 Workers listen with SO_REUSEPORT, and the kernel spreads new connections over them. That
 option would also let any other process of the same user join the group silently, so the
@@ -19,9 +19,9 @@ class PortTaken(OSError):
     pass
 
 
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+def reserve_port(host: str, port: int, what: str = "gRPC") -> tuple[socket.socket, int]:
     """Checks that host:port is free; returns the reserving socket and the real port."""
-    family, address = _address(host, port)
+    family, address = address_for(host, port)
     probe = socket.socket(family, socket.SOCK_STREAM)
     try:
         # As gRPC does: connections of an earlier run left in TIME_WAIT do not hold the port.
@@ -29,7 +29,7 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
         probe.bind(address)
         real_port = probe.getsockname()[1]
     except OSError as exc:
-        raise PortTaken(f"gRPC port {port} on {host} is not available: {exc.strerror}") from exc
+        raise PortTaken(f"{what} port {port} on {host} is not available: {exc.strerror}") from exc
     finally:
         probe.close()
     held = socket.socket(family, socket.SOCK_STREAM)
@@ -40,12 +40,12 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     except OSError as exc:
         held.close()
         raise PortTaken(
-            f"gRPC port {real_port} on {host} was taken while reserving it: {exc.strerror}"
+            f"{what} port {real_port} on {host} was taken while reserving it: {exc.strerror}"
         ) from exc
     return held, real_port
 
 
-def _address(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
+def address_for(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
     """The first passive address gRPC would bind for host (brackets of [::] removed)."""
     host = host.strip("[]") or None
     infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,

@@ -49,12 +49,13 @@ KILL_MARGIN_S = 5.0  # after the grace period, before SIGKILL
 
 
 def worker_settings(settings: Settings, *, port: int, triton_url: str,
-                    embedded: bool) -> Settings:
+                    embedded: bool, http_port: int | None = None) -> Settings:
     """What a worker serves with: the parent's settings, with the real port and Triton URL.
     The parent serves the metrics. An embedded Triton runs on this host, so ``auto`` shared
     memory stays on although the worker is handed a URL."""
     shm = "on" if embedded and settings.triton_shm == "auto" else settings.triton_shm
-    return settings.replace(port=port, metrics_port=-1, triton_url=triton_url, triton_shm=shm)
+    return settings.replace(port=port, metrics_port=-1, triton_url=triton_url, triton_shm=shm,
+                            http_port=settings.http_port if http_port is None else http_port)
 
 class StartupError(RuntimeError):
     pass
@@ -97,20 +98,23 @@ class Supervisor:
     async def run(self, stop: asyncio.Event) -> int:
         """Serves until `stop` is set; returns the exit code (raises StartupError)."""
         s = self.settings
-        held = None
+        held = held_http = None
         try:
             held, port = reserve_port(s.host, s.port)
+            http_port = None
+            if s.http_port >= 0:
+                held_http, http_port = reserve_port(s.host, s.http_port, "HTTP")
             metrics_port = (self.metrics.serve(s.metrics_port, s.host)
                             if s.metrics_port >= 0 else None)
             self._worker_settings = worker_settings(s, port=port, triton_url=self.triton_url,
-                                                    embedded=self.embedded)
+                                                    embedded=self.embedded, http_port=http_port)
             for slot in self.slots:
                 self._spawn(slot)
             while not stop.is_set() and self._fatal is None:
                 self._tick()
                 if not self._announced and all(slot.ready for slot in self.slots):
                     self._announced = True
-                    self._log_ready(port, metrics_port)
+                    self._log_ready(port, metrics_port, http_port)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), POLL_S)
             if stop.is_set():
@@ -125,8 +129,9 @@ class Supervisor:
                     slot.tree.reap()
                 self._close_status(slot)
             self.metrics.close()
-            if held is not None:
-                held.close()
+            for socket_ in (held, held_http):
+                if socket_ is not None:
+                    socket_.close()
         if self._fatal is not None:
             if not self._announced:
                 raise StartupError(self._fatal)
@@ -249,11 +254,12 @@ class Supervisor:
             self.metrics.process_dead(tree.pid)
             slot.tree = None
 
-    def _log_ready(self, port: int, metrics_port: int | None) -> None:
+    def _log_ready(self, port: int, metrics_port: int | None, http_port: int | None) -> None:
         s, meta = self.settings, self.meta
         log.info(
-            "siglip-gateway ready: grpc %s:%d, metrics :%s, model %s%s, embedding dim %d, "
-            "triton %s%s, %d processes (pids %s) x %d threads", s.host, port, metrics_port,
+            "siglip-gateway ready: grpc %s:%d, metrics :%s, http :%s, model %s%s, embedding dim "
+            "%d, triton %s%s, %d processes (pids %s) x %d threads", s.host, port, metrics_port,
+            http_port,
             s.model, " (RANDOM WEIGHTS: scores are meaningless)" if meta.random_weights else "",
             meta.embedding_dim, self.triton_url, " (embedded)" if self.embedded else "",
             len(self.slots), ",".join(str(slot.pid) for slot in self.slots), s.workers)

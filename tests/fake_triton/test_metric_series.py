@@ -85,5 +85,6 @@ async def test_random_labels_do_not_grow_metric_series(tiny_checkpoint, fake):
         assert await asyncio.to_thread(_scrape, gw.metrics_port) == scraped_before
         # The series do count what happened (so an unchanged count is not an idle registry).
         ok = metrics.registry.get_sample_value(
-            "siglip_gateway_requests_total", {"method": "Classify", "code": "OK"})
+            "siglip_gateway_requests_total",
+            {"method": "Classify", "code": "OK", "protocol": "grpc"})
         assert ok == 1 + codes["OK"]

@@ -45,11 +45,12 @@ CHANNELS = 16  # all on one worker out of two: 2 ** -15
 REQUESTS = "siglip_gateway_requests_total"
 
 
-async def _start(tiny_checkpoint, fake, tmp_path, **env: str) -> GatewayProcess:
+async def _start(tiny_checkpoint, fake, tmp_path, *, http: bool = False,
+                 **env: str) -> GatewayProcess:
     fake.delay_s = 0.0
     fake.ready = True
     gw = GatewayProcess(tiny_checkpoint, fake.url, tmp_path / "gateway.log", metrics=True,
-                        processes=PROCESSES,
+                        processes=PROCESSES, http=http,
                         env={"SIGLIP_SHUTDOWN_GRACE_S": "5", **env})
     await gw.start(timeout_s=60)
     assert len(gw.worker_pids()) == PROCESSES
@@ -87,7 +88,7 @@ def _metrics_dirs() -> set[Path]:
 
 
 def _classify_ok() -> str:
-    return f'{REQUESTS}{{code="OK",method="Classify"}}'
+    return f'{REQUESTS}{{code="OK",method="Classify",protocol="grpc"}}'
 
 
 async def test_workers_share_the_port_and_metrics_count_every_call_once(tiny_checkpoint, fake,
@@ -114,14 +115,44 @@ async def test_workers_share_the_port_and_metrics_count_every_call_once(tiny_che
         assert len(names) == len(set(names)), "a series appears twice"
         assert not any('pid="' in name for name in names)  # gauges aggregated, not per pid
         assert _value(samples, _classify_ok()) == calls
-        assert _value(samples, f'{REQUESTS}{{code="OK",method="Embed"}}') == CHANNELS
+        embed_ok = f'{REQUESTS}{{code="OK",method="Embed",protocol="grpc"}}'
+        assert _value(samples, embed_ok) == CHANNELS
         assert _value(samples, "siglip_gateway_requests_in_flight") == 0
         assert _value(samples, "siglip_gateway_triton_ready") == 1
         assert _value(samples, "siglip_gateway_worker_restarts_total") == 0
         # The text cache is per process: the one text missed once in each worker.
         assert _value(samples, "siglip_gateway_text_cache_misses_total") >= PROCESSES
-        count = _value(samples, 'siglip_gateway_request_duration_seconds_count{method="Classify"}')
+        count = _value(samples, "siglip_gateway_request_duration_seconds_count"
+                                '{method="Classify",protocol="grpc"}')
         assert count == calls
+    finally:
+        gw.kill()
+
+
+async def test_every_worker_answers_http_on_the_shared_port(tiny_checkpoint, fake, tmp_path):
+    import httpx
+
+    gw = await _start(tiny_checkpoint, fake, tmp_path, http=True)
+    try:
+        assert gw.http_port
+        workers = gw.worker_pids()
+        body = {"inputs": [{"text": "a text over HTTP"}]}
+        # One client per connection: each its own TCP connection, spread by the kernel.
+        clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}", timeout=10)
+                   for _ in range(CHANNELS)]
+        try:
+            responses = await asyncio.gather(*(c.post("/v1/embed", json=body) for c in clients))
+            owners = connection_owners(gw.http_port, workers)
+        finally:
+            await asyncio.gather(*(c.aclose() for c in clients))
+        assert [r.status_code for r in responses] == [200] * CHANNELS
+        assert len({str(r.json()) for r in responses}) == 1  # the same answer from each
+        assert sum(owners.values()) == CHANNELS
+        assert sorted(owners) == workers, owners  # every worker took connections
+        samples = await asyncio.to_thread(_scrape, gw.metrics_port)
+        assert _value(samples, f'{REQUESTS}{{code="OK",method="Embed",protocol="http"}}') \
+            == CHANNELS
+        assert _value(samples, f'{REQUESTS}{{code="OK",method="Embed",protocol="grpc"}}') is None
     finally:
         gw.kill()
 

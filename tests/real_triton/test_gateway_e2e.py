@@ -183,7 +183,7 @@ async def test_health_reflection_and_metrics(client, gateway):
         sample.value for family in text_string_to_metric_families(body)
         for sample in family.samples
         if sample.name == "siglip_gateway_requests_total"
-        and sample.labels == {"method": "Classify", "code": "OK"}]
+        and sample.labels == {"method": "Classify", "code": "OK", "protocol": "grpc"}]
     assert ok_classify and ok_classify[0] >= 1
 
 

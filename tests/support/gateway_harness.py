@@ -68,9 +68,10 @@ async def health_status(channel: grpc.aio.Channel, service: str = "",
 # --- in-process gateway --------------------------------------------------------------------
 
 def gateway_settings(checkpoint: Path | str, triton_url: str, **overrides: object) -> Settings:
-    """Test settings: loopback, free ports, no /metrics listener unless asked for."""
+    """Test settings: loopback, free ports, no /metrics or HTTP listener unless asked for
+    (``http_port=0``)."""
     base: dict[str, object] = {"model": str(checkpoint), "host": "127.0.0.1", "port": 0,
-                               "metrics_port": -1, "triton_url": triton_url,
+                               "metrics_port": -1, "http_port": -1, "triton_url": triton_url,
                                "shutdown_grace_s": 2.0}
     base.update(overrides)
     return Settings.from_env({}, **base)
@@ -82,10 +83,16 @@ class InProcessGateway:
     settings: Settings
     port: int
     metrics_port: int | None
+    http_port: int | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def client(self, **kwargs: object) -> SiglipClient:
         return SiglipClient(self.target, **kwargs)  # type: ignore[arg-type]
@@ -109,14 +116,15 @@ async def running_gateway(checkpoint: Path | str, triton_url: str, *, wait_ready
     try:
         if wait_ready:
             await server.wait_ready(ready_timeout_s)
-        yield InProcessGateway(server, settings, bound.port, bound.metrics_port)
+        yield InProcessGateway(server, settings, bound.port, bound.metrics_port, bound.http_port)
     finally:
         await server.shutdown(shutdown_grace_s)
 
 
 # --- subprocess gateway --------------------------------------------------------------------
 
-_READY_LINE = re.compile(r"siglip-gateway ready: grpc [^:\s]+:(\d+), metrics :(\S+),")
+_READY_LINE = re.compile(
+    r"siglip-gateway ready: grpc [^:\s]+:(\d+), metrics :(\S+), http :(\S+),")
 
 
 class GatewayProcess:
@@ -129,13 +137,15 @@ class GatewayProcess:
 
     def __init__(self, checkpoint: Path | str, triton_url: str, log_path: Path, *,
                  env: Mapping[str, str] | None = None, metrics: bool = False,
-                 code: str | None = None, processes: int = 1, port: int = 0) -> None:
+                 code: str | None = None, processes: int = 1, port: int = 0,
+                 http: bool = False) -> None:
         self.log_path = log_path
         entry = ["-c", code] if code else ["-m", "gateway"]
         # One process unless asked (the default follows the machine's CPUs).
         self.argv = [sys.executable, *entry, "serve", "--model", str(checkpoint),
                      "--host", "127.0.0.1", "--port", str(port), "--processes", str(processes),
-                     "--metrics-port", "0" if metrics else "-1", "--triton-url", triton_url]
+                     "--metrics-port", "0" if metrics else "-1",
+                     "--http-port", "0" if http else "-1", "--triton-url", triton_url]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGLIP_")}
         clean["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -147,6 +157,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
 
     @property
     def target(self) -> str:
@@ -176,6 +187,7 @@ class GatewayProcess:
             if match:
                 self.port = int(match.group(1))
                 self.metrics_port = None if match.group(2) == "None" else int(match.group(2))
+                self.http_port = None if match.group(3) == "None" else int(match.group(3))
                 return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")

@@ -1,0 +1,195 @@
+"""The HTTP routes (HTTP_CONTRACT.md) over the gRPC server's Engine, as a Starlette app.
+
+Every /v1 route goes through ``HttpApi._call``: bearer token, body read within the size
+limit, deadline, an admission slot, then metrics (``protocol="http"``) and errors answered
+from the one table (gateway/api/errors.py). The page and its static files are public.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway.admission import Admission
+from gateway.api.errors import to_http_error
+from gateway.core.errors import InvalidInput, PayloadTooLarge, Unauthenticated
+from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
+from gateway.engine import Engine
+from gateway.http import convert, openai_api, openapi
+from gateway.metrics import Metrics
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Seconds the caller gives the request; the openai client sends its own timeout as
+# X-Stainless-Timeout, after which nobody waits for the answer.
+TIMEOUT_HEADERS = ("x-request-timeout", "x-stainless-timeout")
+JSON_TYPE = "application/json"
+Handler = Callable[[Any, float | None], Awaitable[Any]]
+
+
+def body_limit(max_message_bytes: int) -> int:
+    """The largest JSON body: the base64 of a max_message_bytes message, plus room for the
+    JSON around it, so that what fits gRPC fits HTTP."""
+    return max_message_bytes * 4 // 3 + 64 * 1024
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class HttpApi:
+    def __init__(self, engine: Engine, admission: Admission, metrics: Metrics, *,
+                 preprocess_mode: str, max_message_bytes: int, auth_token: str = "",
+                 static_dir: Path = STATIC_DIR, version: str = "1") -> None:
+        self._engine = engine
+        self._admission = admission
+        self._metrics = metrics
+        self._preprocess_mode = preprocess_mode
+        self._limit = body_limit(max_message_bytes)
+        self._expected = f"Bearer {auth_token}".encode() if auth_token else None
+        self._static = static_dir
+        self._openapi = dumps(openapi.document(version))
+
+    def app(self) -> Starlette:
+        def post(path: str, method: str, handler: Handler) -> Route:
+            async def endpoint(request: Request) -> Response:
+                return await self._call(method, request, handler, body=True)
+            return Route(path, endpoint, methods=["POST"])
+
+        async def model_info(request: Request) -> Response:
+            return await self._call("GetModelInfo", request, self._model_info, body=False)
+
+        return Starlette(routes=[
+            post("/v1/classify", "Classify", self._classify),
+            post("/v1/embed", "Embed", self._embed),
+            post("/v1/score", "Score", self._score),
+            post("/v1/embeddings", "OpenAIEmbeddings", self._embeddings),
+            Route("/v1/models/info", model_info, methods=["GET"]),
+            Route("/openapi.json", self._openapi_json, methods=["GET"]),
+            Route("/", self._index, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=self._static, check_dir=False)),
+        ], exception_handlers={HTTPException: _http_exception})
+
+    # -- handlers: JSON in, JSON out ---------------------------------------------------
+    async def _classify(self, body: Any, deadline: float | None) -> Any:
+        images, labels, template, k = convert.classify_request(body)
+        results = await self._engine.classify(images, labels, template, k, deadline)
+        return convert.classify_response(results)
+
+    async def _embed(self, body: Any, deadline: float | None) -> Any:
+        embeds = await self._engine.embed(convert.embed_request(body), deadline)
+        return convert.embed_response(embeds)
+
+    async def _score(self, body: Any, deadline: float | None) -> Any:
+        images, texts = convert.score_request(body)
+        logits, probs = await self._engine.score(images, texts, deadline)
+        return convert.score_response(logits, probs)
+
+    async def _model_info(self, _body: Any, _deadline: float | None) -> Any:
+        return convert.model_info(self._engine.meta, self._preprocess_mode,
+                                  DEFAULT_PROMPT_TEMPLATE)
+
+    async def _embeddings(self, body: Any, deadline: float | None) -> Any:
+        request = openai_api.parse(body, self._engine.meta)
+        embeds, tokens = await asyncio.gather(
+            self._engine.embed(request.items, deadline, field="input"),
+            self._engine.token_counts(request.texts))
+        return openai_api.response(request, embeds, sum(tokens))
+
+    # -- the one wrapper: auth, limits, deadline, admission, metrics, errors -----------
+    async def _call(self, method: str, request: Request, handler: Handler, *,
+                    body: bool) -> Response:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            self._authorize(request)
+            payload = _parse_json(await self._read(request)) if body else None
+            deadline = _deadline(request)
+            with self._admission.slot():
+                result = await handler(payload, deadline)
+            return Response(dumps(result), media_type=JSON_TYPE)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as exc:
+            status, error = to_http_error(exc)
+            code = status.grpc.name
+            headers = {"WWW-Authenticate": "Bearer"} if status.http == 401 else None
+            return Response(dumps(error), status.http, headers, media_type=JSON_TYPE)
+        finally:
+            self._metrics.request_done(method, "http", code, time.perf_counter() - start)
+
+    def _authorize(self, request: Request) -> None:
+        if self._expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise Unauthenticated("missing or invalid bearer token in the Authorization header")
+
+    async def _read(self, request: Request) -> bytes:
+        """The body, refused (413) as soon as it is known to be over the limit."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of "
+                                  f"{self._limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._limit:
+                raise PayloadTooLarge(f"request body is over the limit of {self._limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- public routes ---------------------------------------------------------------
+    async def _openapi_json(self, _request: Request) -> Response:
+        return Response(self._openapi, media_type=JSON_TYPE)
+
+    async def _index(self, _request: Request) -> Response:
+        index = self._static / "index.html"
+        if not index.is_file():
+            raise HTTPException(404, "no page installed (gateway/http/static/index.html)")
+        return FileResponse(index)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+def _deadline(request: Request) -> float | None:
+    """The earliest deadline the caller's timeout headers set; None: the Triton timeout only."""
+    seconds = []
+    for name in TIMEOUT_HEADERS:
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = -1.0
+        if not parsed > 0 or parsed != parsed or parsed == float("inf"):
+            raise InvalidInput("must be a positive number of seconds", field=name)
+        seconds.append(parsed)
+    return time.monotonic() + min(seconds) if seconds else None
+
+
+async def _http_exception(_request: Request, exc: Exception) -> Response:
+    """Unknown routes and methods answer in the same error shape as the API."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
+    body = {"error": {"message": str(exc.detail), "type": "invalid_request_error",
+                      "code": code, "param": None}}
+    return Response(dumps(body), exc.status_code, exc.headers, media_type=JSON_TYPE)

@@ -1,0 +1,149 @@
+"""JSON ⇄ domain conversion for the routes that mirror the RPCs (HTTP_CONTRACT.md).
+
+Bodies mirror the protobuf messages (field names as in siglip.proto, ``bytes`` as standard
+base64). Missing fields take proto3's defaults, so the engine's checks answer as for gRPC;
+unknown fields and wrong types are the caller's INVALID_ARGUMENT, naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+
+from gateway.api.convert import model_info_response
+from gateway.core.errors import InvalidInput
+from gateway.core.model_meta import ModelMeta
+from gateway.core.types import EmbedItem, EncodedImage, ImageInput, LabelScore, RawPixels
+
+Json = dict[str, Any]
+
+
+def obj(value: Any, field: str, allowed: Sequence[str]) -> Json:
+    if not isinstance(value, dict):
+        raise InvalidInput("must be a JSON object", field=field or None)
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        where = f"{field}.{unknown[0]}" if field else unknown[0]
+        raise InvalidInput(f"unknown field (expected one of {', '.join(allowed)})", field=where)
+    return value
+
+
+def array(value: Any, field: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidInput("must be a JSON array", field=field)
+    return value
+
+
+def string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("must be a string", field=field)
+    return value
+
+
+def strings(value: Any, field: str) -> list[str]:
+    return [string(v, f"{field}[{i}]") for i, v in enumerate(array(value, field))]
+
+
+def uint(value: Any, field: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise InvalidInput("must be a whole number from 0 to 2^32-1", field=field)
+    return value
+
+
+def b64(value: Any, field: str) -> bytes:
+    try:
+        return base64.b64decode(string(value, field), validate=True)
+    except binascii.Error:
+        raise InvalidInput("not valid standard base64", field=field) from None
+
+
+def image(value: Any, field: str) -> ImageInput:
+    body = obj(value, field, ("data", "raw", "url"))
+    if len(body) != 1:
+        raise InvalidInput("set exactly one of data, raw, url", field=field)
+    if "data" in body:
+        return EncodedImage(b64(body["data"], f"{field}.data"))
+    if "raw" in body:
+        raw = obj(body["raw"], f"{field}.raw", ("rgb", "width", "height"))
+        return RawPixels(b64(raw.get("rgb", ""), f"{field}.raw.rgb"),
+                         uint(raw.get("width"), f"{field}.raw.width"),
+                         uint(raw.get("height"), f"{field}.raw.height"))
+    return image_from_url(string(body["url"], f"{field}.url"), f"{field}.url")
+
+
+def image_from_url(url: str, field: str) -> ImageInput:
+    """Image URLs are fetched by the `urlfetch` work (issue 13, item 2), wired in here."""
+    raise InvalidInput("image URLs are not supported by this server; send the image's bytes "
+                       "(data) instead", field=field)
+
+
+def images(value: Any, field: str = "images") -> list[ImageInput]:
+    return [image(v, f"{field}[{i}]") for i, v in enumerate(array(value, field))]
+
+
+def embed_items(value: Any, field: str = "inputs") -> list[EmbedItem]:
+    items: list[EmbedItem] = []
+    for i, entry in enumerate(array(value, field)):
+        where = f"{field}[{i}]"
+        body = obj(entry, where, ("text", "image"))
+        if len(body) != 1:
+            raise InvalidInput("set exactly one of image, text", field=where)
+        if "text" in body:
+            items.append(string(body["text"], f"{where}.text"))
+        else:
+            items.append(image(body["image"], f"{where}.image"))
+    return items
+
+
+def classify_request(body: Any) -> tuple[list[ImageInput], list[str], str | None, int]:
+    body = obj(body, "", ("images", "labels", "prompt_template", "top_k"))
+    template = body.get("prompt_template")
+    return (images(body.get("images")), strings(body.get("labels"), "labels"),
+            None if template is None else string(template, "prompt_template"),
+            uint(body.get("top_k"), "top_k"))
+
+
+def embed_request(body: Any) -> list[EmbedItem]:
+    return embed_items(obj(body, "", ("inputs",)).get("inputs"))
+
+
+def score_request(body: Any) -> tuple[list[ImageInput], list[str]]:
+    body = obj(body, "", ("images", "texts"))
+    return images(body.get("images")), strings(body.get("texts"), "texts")
+
+
+# Floats go out as the float32 values gRPC sends, so both protocols answer the same numbers.
+def floats(values: np.ndarray) -> list[float]:
+    return np.asarray(values, dtype=np.float32).ravel().tolist()
+
+
+def classify_response(results: Sequence[Sequence[LabelScore]]) -> Json:
+    return {"results": [{"scores": [
+        {"label": s.label, "probability": float(np.float32(s.probability)),
+         "logit": float(np.float32(s.logit))} for s in row]} for row in results]}
+
+
+def embed_response(embeds: np.ndarray) -> Json:
+    return {"embeddings": [{"values": row} for row in
+                           np.asarray(embeds, dtype=np.float32).tolist()]}
+
+
+def score_response(logits: np.ndarray, probs: np.ndarray) -> Json:
+    return {"num_images": int(logits.shape[0]), "num_texts": int(logits.shape[1]),
+            "probabilities": floats(probs), "logits": floats(logits)}
+
+
+def model_info(meta: ModelMeta, preprocess_mode: str, default_template: str) -> Json:
+    """GetModelInfoResponse as protobuf's JSON mapping prints it, every field included."""
+    return json_format.MessageToDict(
+        model_info_response(meta, preprocess_mode, default_template),
+        preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
