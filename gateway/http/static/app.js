@@ -185,9 +185,10 @@
 
   // --- results -------------------------------------------------------------------------------
 
-  // Four decimals; tiny values keep their magnitude instead of showing as 0.0000.
+  // Four decimals down to 0.001 (two significant digits or more); below, three significant
+  // digits with an exponent, so that small probabilities still differ from one another.
   function formatProbability(p) {
-    return p === 0 || p >= 0.0001 ? p.toFixed(4) : p.toExponential(2);
+    return p === 0 || p >= 0.001 ? p.toFixed(4) : p.toExponential(2);
   }
 
   function barRow(labelNode, probability, logit) {
