@@ -8,6 +8,7 @@ Modes (see serving_inprocess.py and serving_remote.py for exactly what each does
   ceiling  the towers in-process on preprocessed tensors, at the batch Triton formed
   direct   Triton over tritonclient.grpc.aio, the client doing the gateway's work itself
   served   the gateway (a subprocess) over gRPC
+  served_http  the same gateway process, over its HTTP/JSON port (gateway/http/)
   served_shm  (opt-in) the same, its tensors to Triton through shared memory (same host)
   naive    transformers' pipeline / SiglipModel + SiglipProcessor, once per request
   pillow   one bare Pillow core (decode, RGB, bicubic resize) on the JPEG Embed workloads
@@ -41,8 +42,9 @@ from serving_report import evaluate_targets, machine, ratios, table  # noqa: E40
 from serving_runner import is_remote, run_cells, served_mode  # noqa: E402
 from serving_workloads import JPEG_WORKLOADS, WORKLOADS, Payloads  # noqa: E402
 
-MODES = ("ceiling", "direct", "served", "naive", "pillow")
-ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_shm", "naive", "pillow")
+MODES = ("ceiling", "direct", "served", "served_http", "naive", "pillow")
+ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_http", "served_shm",
+             "naive", "pillow")
 # Per size: concurrency, seconds, warm-up. Base on a CPU takes ~0.3 s per image, so 8 in
 # flight already keeps Triton's queue full (batches of ~C/2..C); tiny is overhead-bound and
 # needs many calls in flight to show the serving path's own limit.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _READY = re.compile(r"siglip-gateway ready: grpc [^:\s]+:(\d+),")
+_HTTP = re.compile(r"siglip-gateway ready: .*? http :(\d+),")
 
 
 def cached_checkpoint(size: str, cache_dir: Path | None = None) -> Path:
@@ -108,12 +109,14 @@ class GatewayProcess:
 
     def __init__(self, checkpoint: Path, triton_url: str, log_path: Path, *,
                  max_in_flight: int, env: dict[str, str] | None = None,
-                 root: Path = REPO_ROOT) -> None:
+                 root: Path = REPO_ROOT, http: bool = False) -> None:
         self.log_path = log_path
         self.root = root
         self.argv = [sys.executable, "-m", "gateway", "serve", "--model", str(checkpoint),
                      "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
                      "--triton-url", triton_url]
+        if http:  # its HTTP/JSON port too (mode served_http), on a free port
+            self.argv += ["--http-port", "0"]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGLIP_")}
         clean["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
@@ -124,6 +127,7 @@ class GatewayProcess:
         self.env = clean
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.http_port: int | None = None
 
     @property
     def target(self) -> str:
@@ -146,6 +150,8 @@ class GatewayProcess:
             match = _READY.search(self.log())
             if match:
                 self.port = int(match.group(1))
+                http = _HTTP.search(self.log())
+                self.http_port = int(http.group(1)) if http else None
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")

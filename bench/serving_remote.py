@@ -1,4 +1,4 @@
-"""The two over-the-wire modes of the serving benchmark: `direct` and `served`.
+"""The over-the-wire modes of the serving benchmark: `direct`, `served` and `served_http`.
 
 direct: Triton called with tritonclient.grpc.aio, no gateway. The client does the gateway's
     work itself, with the gateway's own code: JPEGs are decoded and resized by
@@ -10,6 +10,10 @@ direct: Triton called with tritonclient.grpc.aio, no gateway. The client does th
 served: SiglipService over gRPC (over --connections TCP connections); requests are built once
     where they do not change (images, Classify's labels) and the response is parsed, as a real
     client's would be.
+served_http: the same gateway's HTTP/JSON routes (gateway/http/) with aiohttp (its C parser,
+    so the client's CPU, on the same machine, stays small beside the server's): one HTTP/1.1
+    connection per call in flight, bodies built as served's requests are (once where they do
+    not change), every response read and parsed with json.loads.
 
 Each `call_for` returns a no-argument coroutine function: one request.
 """
@@ -17,7 +21,9 @@ Each `call_for` returns a no-argument coroutine function: one request.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -134,6 +140,54 @@ class Served:
                 return await stub.Embed(request, timeout=timeout)
             request = pb.ScoreRequest(images=jpegs, texts=texts.take(workload.texts_per_request))
             return await stub.Score(request, timeout=timeout)
+        return run
+
+
+class HttpServed:
+    """The gateway's HTTP/JSON routes, over up to `connections` keep-alive connections."""
+
+    def __init__(self, base_url: str, timeout_s: float, connections: int) -> None:
+        import aiohttp
+
+        self.base_url = base_url
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _post(self, path: str, body: bytes) -> object:
+        async with self.session.post(self.base_url + path, data=body,
+                                     headers={"Content-Type": "application/json"}) as response:
+            payload = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
+        return json.loads(payload)
+
+    def call_for(self, workload: Workload, payloads: Payloads, texts: UniqueTexts) -> Call:
+        name = workload.name
+        jpegs = [{"data": base64.b64encode(b).decode()} for b in payloads.jpegs_for(workload)]
+        raw = payloads.raw
+        fixed: bytes = b""
+        if name == "embed_raw":
+            fixed = json.dumps({"inputs": [{"image": {"raw": {
+                "rgb": base64.b64encode(raw.tobytes()).decode(),
+                "width": raw.shape[1], "height": raw.shape[0]}}}]}).encode()
+        elif name in ("embed_jpeg", "embed_jpeg8"):
+            fixed = json.dumps({"inputs": [{"image": j} for j in jpegs]}).encode()
+        elif name == "classify":
+            fixed = json.dumps({"images": jpegs, "labels": list(CLASSIFY_LABELS)}).encode()
+
+        async def run() -> object:
+            if fixed:
+                return await self._post("/v1/classify" if name == "classify" else "/v1/embed",
+                                        fixed)
+            if name == "embed_text":
+                body = {"inputs": [{"text": t} for t in texts.take(1)]}
+                return await self._post("/v1/embed", json.dumps(body).encode())
+            body = {"images": jpegs, "texts": texts.take(workload.texts_per_request)}
+            return await self._post("/v1/score", json.dumps(body).encode())
         return run
 
 

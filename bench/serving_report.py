@@ -10,8 +10,10 @@ from typing import Any
 RATIOS = (("served/ceiling", "ceiling"), ("served/ceiling_compiled", "ceiling_compiled"),
           ("served/direct", "direct"), ("served/naive", "naive"), ("served/pillow", "pillow"))
 
-# (workload, ratio, minimum, checkpoint size it is stated for, what is compared)
+# (workload, ratio, minimum, checkpoint size it is stated for ("any": every size), what is
+# compared)
 TARGETS = (
+    ("embed_text", "served_http/served", 0.8, "any", "requests_per_s"),
     ("embed_raw", "served/ceiling", 0.85, "base", "items_per_s"),
     ("classify", "served/naive", 3.0, "base", "items_per_s"),
     ("embed_text", "served/direct", 0.7, "tiny", "requests_per_s"),
@@ -31,6 +33,10 @@ def ratios(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
                 both[key] = a / b
         if both:
             out[name] = both
+    http = cells.get("served_http") or {}  # HTTP/JSON against gRPC, the same gateway process
+    if http.get("requests_per_s") and served.get("requests_per_s"):
+        out["served_http/served"] = {k: http[k] / served[k]
+                                     for k in ("items_per_s", "requests_per_s")}
     for mode, cell in cells.items():  # served_pN (--processes) against one process, and
         if not mode.startswith("served_p"):  # against one bare Pillow core
             continue
@@ -44,7 +50,7 @@ def evaluate_targets(results: dict[str, Any], size: str) -> list[dict[str, Any]]
     out = []
     for workload, ratio, minimum, for_size, key in TARGETS:
         value = results.get(workload, {}).get("ratios", {}).get(ratio, {}).get(key)
-        applies = size == for_size
+        applies = for_size in (size, "any")
         out.append({"workload": workload, "ratio": ratio, "on": key, "minimum": minimum,
                     "stated_for": for_size, "applies": applies, "value": value,
                     "met": None if value is None or not applies else value >= minimum})
@@ -110,8 +116,8 @@ def markdown(data: dict[str, Any]) -> str:
     """A results JSON (serving_bench.py --json) as the Markdown tables of BENCHMARKS.md."""
     meta, workloads = data["meta"], data["workloads"]
     extra = sorted({m for e in workloads.values() for m in e["modes"] if m.startswith("served_p")})
-    modes = [m for m in ("ceiling", "ceiling_compiled", "direct", "served", *extra, "naive",
-                         "pillow")
+    modes = [m for m in ("ceiling", "ceiling_compiled", "direct", "served", "served_http", *extra,
+                         "naive", "pillow")
              if any(m in e["modes"] for e in workloads.values())]
     lines = ["| workload (item) | mode | items/s | p50 ms | p99 ms | batch | CPU ms/request "
              "(client / gateway / Triton) |", "|---|---|---:|---:|---:|---:|---|"]
@@ -136,6 +142,8 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_fmt(cell['p50_ms'], '.1f')} | {_fmt(cell['p99_ms'], '.1f')} | "
                 f"{batch if isinstance(batch, str) else _fmt(batch, 'd')} | {cpu_text} |")
     names = [n for n, _ in RATIOS if any(n in e.get("ratios", {}) for e in workloads.values())]
+    names += ["served_http/served"] if any("served_http/served" in e.get("ratios", {})
+                                           for e in workloads.values()) else []
     names += [f"{m}/{other}" for m in extra for other in ("served", "pillow")
               if any(f"{m}/{other}" in e.get("ratios", {}) for e in workloads.values())]
     lines += ["", "| workload | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]

@@ -1,9 +1,11 @@
 """Runs the serving benchmark's cells, one workload at a time, every mode back to back.
 
-Workload by workload (direct, served, served_pN, pillow, ceiling, ceiling_compiled, naive)
+Workload by workload (direct, served, served_http, served_pN, pillow, ceiling, ceiling_compiled,
+naive)
 rather than mode by mode: on a shared machine the background load drifts over minutes, and the
 ratios compare cells measured within a minute or two of each other. With --rounds N that
-sequence repeats N times per workload and each mode reports its median round. served_pN is the
+sequence repeats N times per workload and each mode reports its median round. served_http is
+the one-process gateway of served, called over its HTTP/JSON port. served_pN is the
 gateway with N processes (--processes), its CPU summed over them. Triton and the gateways stay
 up, idle, while the in-process modes run (an idle Triton costs no CPU); served runs before
 ceiling because the ceiling's batch is the one Triton formed under served. pillow (the bare
@@ -26,8 +28,8 @@ from serving_load import closed_loop, sequential
 from serving_procs import CpuMeter, GatewayProcess
 from serving_workloads import PILLOW_WORKLOADS, WORKLOADS, Payloads, UniqueTexts, Workload
 
-EXECUTION_ORDER = ("direct", "served", "served_shm", "pillow", "ceiling", "ceiling_compiled",
-                   "naive")
+EXECUTION_ORDER = ("direct", "served", "served_http", "served_shm", "pillow", "ceiling",
+                   "ceiling_compiled", "naive")
 log = logging.getLogger("serving_bench")
 
 
@@ -46,7 +48,12 @@ def is_served(mode: str) -> bool:
 
 
 def is_remote(mode: str) -> bool:
-    return mode == "direct" or is_served(mode)
+    return mode in ("direct", "served_http") or is_served(mode)
+
+
+def gateway_of(mode: str) -> str:
+    """The gateway a mode calls: served_http calls served's, over HTTP."""
+    return "served" if mode == "served_http" else mode
 
 
 def execution_order(modes: list[str]) -> list[str]:
@@ -69,13 +76,17 @@ class RemoteSide:
         self.cpu = CpuMeter({})
 
     async def open(self) -> RemoteSide:
-        from serving_remote import Direct, Served, TritonStats
+        from serving_remote import Direct, HttpServed, Served, TritonStats
 
         args = self.args
         self.stats = TritonStats(self.triton_url)
         if "direct" in args.mode_list:
             self.clients["direct"] = Direct(self.triton_url, self.checkpoint, self.pool)
-        for mode in (m for m in args.mode_list if is_served(m)):
+        served = [m for m in args.mode_list if is_served(m)]
+        http = "served_http" in args.mode_list
+        if http and "served" not in served:
+            served.insert(0, "served")
+        for mode in served:
             processes = served_processes(mode)
             env = {"SIGLIP_PREPROCESS_MODE": args.preprocess_mode,
                    "SIGLIP_PROCESSES": str(processes), **args.gateway_env_map}
@@ -85,12 +96,20 @@ class RemoteSide:
                 self.checkpoint, self.triton_url,
                 self.log_dir / ("gateway.log" if mode == "served" else f"gateway_{mode}.log"),
                 max_in_flight=max(64, 2 * args.concurrency), env=env,
+                http=http and mode == "served",
                 **({"root": args.gateway_root} if args.gateway_root else {}))
             self.gateways[mode] = gateway
             await asyncio.to_thread(gateway.start, args.startup_timeout)
             self.meta.setdefault("gateway_pid", gateway.pid)
             self.meta.setdefault("gateway_pids", {})[mode] = gateway.pid
-            self.clients[mode] = Served(gateway.target, args.timeout, args.connections)
+            if mode in args.mode_list:
+                self.clients[mode] = Served(gateway.target, args.timeout, args.connections)
+        if http:
+            gateway = self.gateways["served"]
+            if gateway.http_port is None:
+                raise RuntimeError("the served gateway logged no HTTP port")
+            self.clients["served_http"] = HttpServed(
+                f"http://127.0.0.1:{gateway.http_port}", args.timeout, args.concurrency)
         # Triton and each gateway with its descendants (worker processes); the client alone.
         self.cpu = CpuMeter({"client": os.getpid(), "triton": self.meta.get("triton_pid"),
                              **{f"gateway:{m}": g.pid for m, g in self.gateways.items()}},
@@ -113,11 +132,12 @@ class RemoteSide:
         summary["triton_batches"] = batch_delta(before, await self.stats.counts())
         # All CPU the cell used (warm-up and drain included) over all the calls it completed.
         if cell.completed and cpu_after:
-            names = {"client": "client", "triton": "triton", f"gateway:{mode}": "gateway"}
+            names = {"client": "client", "triton": "triton",
+                     f"gateway:{gateway_of(mode)}": "gateway"}
             summary["cpu_ms_per_request"] = {
                 names[k]: round((cpu_after[k] - cpu_before.get(k, 0.0)) / cell.completed * 1e3, 3)
                 for k in cpu_after if k in names}
-        if is_served(mode):
+        if is_served(mode) or mode == "served_http":
             summary["gateway_processes"] = served_processes(mode)
         return summary
 

@@ -39,6 +39,6 @@ RUN groupadd --system --gid 10001 siglip \
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051 9090
+EXPOSE 50051 8080 9090
 ENTRYPOINT ["siglip-gateway"]
 CMD ["serve"]

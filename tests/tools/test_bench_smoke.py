@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.triton]
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "serving_bench.py"
 WORKLOADS = {"embed_raw", "embed_jpeg", "embed_jpeg8", "embed_text", "classify", "score"}
-MODES = {"ceiling", "direct", "served", "served_p2", "naive"}  # served_p2: --processes 1,2
+# served_p2: --processes 1,2; served_http: served's gateway over HTTP/JSON.
+MODES = {"ceiling", "direct", "served", "served_http", "served_p2", "naive"}
 PILLOW = {"embed_jpeg", "embed_jpeg8"}  # where the mode pillow runs too
 RATIOS = {"served/ceiling": "ceiling", "served/direct": "direct", "served/naive": "naive"}
 IMAGES = {"embed_jpeg8": 8, "score": 2}  # images per request, where not 1
@@ -58,15 +59,16 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
             assert cell["requests"] >= 1 and cell["items_per_s"] > 0, (where, cell)
             assert cell["p50_ms"] <= cell["p99_ms"], where
         ratios = {**RATIOS, "served/pillow": "pillow"} if pillow else RATIOS
-        extra = {"served_p2/served", "served_p2/pillow"} if pillow else {"served_p2/served"}
+        extra = ({"served_p2/served", "served_p2/pillow"} if pillow else {"served_p2/served"}
+                 ) | {"served_http/served"}
         assert set(entry["ratios"]) == set(ratios) | extra, name
         for ratio, other in ratios.items():
             expected = cells["served"]["items_per_s"] / cells[other]["items_per_s"]
             assert entry["ratios"][ratio]["items_per_s"] == pytest.approx(expected), (name, ratio)
         for ratio in extra:
-            other = ratio.split("/")[1]
+            mode, other = ratio.split("/")
             assert entry["ratios"][ratio]["items_per_s"] == pytest.approx(
-                cells["served_p2"]["items_per_s"] / cells[other]["items_per_s"]), (name, ratio)
+                cells[mode]["items_per_s"] / cells[other]["items_per_s"]), (name, ratio)
         if pillow:  # one thread, the request's images per call, the gateway's exact pixels
             cell = cells["pillow"]
             assert cell["concurrency"] == 1 and cell["matches_gateway_exact"] is True, name
@@ -84,8 +86,9 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
         assert formed["rows_per_request"] >= 1
         # Where the CPU went: the gateway is measured in served only (Triton is the fixture's,
         # not the benchmark's child, so it has no pid here).
-        for served in ("served", "served_p2"):
+        for served in ("served", "served_http", "served_p2"):
             assert set(cells[served]["cpu_ms_per_request"]) == {"client", "gateway"}, name
+        assert cells["served_http"]["gateway_processes"] == 1
         assert set(cells["direct"]["cpu_ms_per_request"]) == {"client"}, name
 
     # Targets: the tiny one applies and is evaluated; the base ones are listed, not judged.
@@ -95,6 +98,9 @@ def test_serving_bench_smoke(tiny_checkpoint: Path, embedded_triton, tmp_path: P
     assert tiny["value"] == pytest.approx(
         data["workloads"]["embed_text"]["ratios"]["served/direct"]["requests_per_s"])
     assert targets[("embed_raw", "served/ceiling")]["met"] is None
+    http = targets[("embed_text", "served_http/served")]  # stated for every size
+    assert http["applies"] and http["value"] == pytest.approx(
+        data["workloads"]["embed_text"]["ratios"]["served_http/served"]["requests_per_s"])
     assert "ratios (items/s)" in proc.stdout
     report = subprocess.run([sys.executable, str(REPO / "bench" / "serving_report.py"), str(out)],
                             capture_output=True, text=True, timeout=60, check=True).stdout
