@@ -1,15 +1,19 @@
 """The try-it page (gateway/http/static/) in a real headless Chromium, against the real gateway's
 HTTP port and the real embedded Triton: what the page shows must be what gRPC answers for the
-same images, labels and template, to the precision shown."""
+same images, labels and template, to the precision shown; the API's errors reach the user."""
 
 from __future__ import annotations
 
 import base64
+import functools
+import io
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import numpy as np
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from tests.support import imagegen
 from tests.support.browser import chromium
@@ -19,20 +23,34 @@ pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 
 TOKEN = "webpage-test-token"
 WAIT_MS = 30_000
-IMAGES = {
-    "street.jpg": imagegen.photo_jpeg(480, 320, seed=3),
-    "logo.png": imagegen.png_rgba(),
-}
+# Small, so that one test image can be over the HTTP body limit (4/3 of it) at little cost.
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 # One per line, so a label may hold a comma.
 LABELS = ["a cat", "a dog", "red, green and blue", "a car", "naïve café"]
 TEMPLATE = "a picture of {}"
 QUERY = "a colourful street"
 
 
+@functools.cache
+def images() -> dict[str, bytes]:
+    """A photo far larger than the model's input (the server resizes it) and a small RGBA PNG."""
+    return {"street.jpg": imagegen.photo_jpeg(2000, 1500, seed=3), "logo.png": imagegen.png_rgba()}
+
+
+def oversized_png() -> bytes:
+    """Noise, which PNG cannot compress: its base64 is over the body limit."""
+    noise = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    assert len(buffer.getvalue()) > MAX_MESSAGE_BYTES
+    return buffer.getvalue()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(embedded_triton, tiny_checkpoint) -> AsyncIterator[InProcessGateway]:
     async with running_gateway(tiny_checkpoint, embedded_triton.grpc_url, http_port=0,
-                               auth_token=TOKEN, ready_timeout_s=60) as gw:
+                               auth_token=TOKEN, max_message_bytes=MAX_MESSAGE_BYTES,
+                               ready_timeout_s=60) as gw:
         yield gw
 
 
@@ -64,9 +82,9 @@ async def page(browser, base_url):
     await context.close()
 
 
-def _files() -> list[dict[str, object]]:
+def _files(named: dict[str, bytes]) -> list[dict[str, object]]:
     return [{"name": name, "mimeType": "image/png" if name.endswith(".png") else "image/jpeg",
-             "buffer": data} for name, data in IMAGES.items()]
+             "buffer": data} for name, data in named.items()]
 
 
 def _assert_shown(shown: str, exact: float, what: str) -> None:
@@ -94,8 +112,8 @@ async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, bas
 
     async with gateway.client(token=TOKEN) as client:
         info = await client.model_info()
-        expected = await client.classify(list(IMAGES.values()), LABELS, prompt_template=TEMPLATE)
-        scores = await client.score(list(IMAGES.values()), [QUERY])
+        expected = await client.classify(list(images().values()), LABELS, prompt_template=TEMPLATE)
+        scores = await client.score(list(images().values()), [QUERY])
 
     # Header: the model, and the random-weights warning exactly when the server says so.
     await expect(page.locator("#model-info")).to_contain_text("bearer token")
@@ -104,17 +122,17 @@ async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, bas
     warning = expect(page.locator("#random-warning"))
     await (warning.to_be_visible() if info.random_weights else warning.to_be_hidden())
 
-    await page.set_input_files("#file-input", files=_files())
-    await expect(page.locator("#previews > li")).to_have_count(len(IMAGES))
+    await page.set_input_files("#file-input", files=_files(images()))
+    await expect(page.locator("#previews > li")).to_have_count(len(images()))
     await page.fill("#labels", "\n".join(LABELS))
     await page.fill("#template", TEMPLATE)
     await page.click("#classify")
 
     cards = page.locator("#results > li")
-    await expect(cards).to_have_count(len(IMAGES))
+    await expect(cards).to_have_count(len(images()))
     await expect(page.locator("#results [aria-busy]")).to_have_count(0)
     await expect(page.locator("#error")).to_be_hidden()
-    for i, (name, want) in enumerate(zip(IMAGES, expected, strict=True)):
+    for i, (name, want) in enumerate(zip(images(), expected, strict=True)):
         card = cards.nth(i)
         await expect(card.locator("figcaption")).to_have_text(name)
         rows = await _rows(card)
@@ -126,11 +144,11 @@ async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, bas
     await page.fill("#query", QUERY)
     await page.click("#search")
     matches = page.locator("#matches")
-    await expect(matches.locator(".bar-row")).to_have_count(len(IMAGES))
+    await expect(matches.locator(".bar-row")).to_have_count(len(images()))
     probabilities = scores.probabilities[:, 0]
-    ranked = sorted(range(len(IMAGES)), key=lambda i: -probabilities[i])
+    ranked = sorted(range(len(images())), key=lambda i: -probabilities[i])
     rows = await _rows(matches)
-    assert [name for name, _ in rows] == [list(IMAGES)[i] for i in ranked]
+    assert [name for name, _ in rows] == [list(images())[i] for i in ranked]
     for (name, shown), i in zip(rows, ranked, strict=True):
         _assert_shown(shown, float(probabilities[i]), name)
 
@@ -153,8 +171,11 @@ async def test_page_shows_the_api_errors(page, base_url):
         assert not response.ok
         return (await response.json())["error"]["message"]
 
-    image = {"data": base64.b64encode(IMAGES["street.jpg"]).decode()}
-    await page.set_input_files("#file-input", files=_files()[:1])
+    def image(data: bytes) -> dict[str, str]:
+        return {"data": base64.b64encode(data).decode()}
+
+    logo = images()["logo.png"]
+    await page.set_input_files("#file-input", files=_files({"logo.png": logo}))
 
     # No token yet: the server refuses, and the page says why.
     await page.fill("#labels", "a cat, a dog")
@@ -162,12 +183,26 @@ async def test_page_shows_the_api_errors(page, base_url):
     error = page.locator("#error")
     await expect(error).to_be_visible()
     await expect(error).to_contain_text(
-        await api_error({"images": [image], "labels": ["a cat", "a dog"]}, None))
+        await api_error({"images": [image(logo)], "labels": ["a cat", "a dog"]}, None))
 
     # With the token, but no labels: the API's own message, shown once.
     await _enter_token(page)
     await page.fill("#labels", " , ")
     await page.click("#classify")
-    await expect(error).to_contain_text(await api_error({"images": [image], "labels": []}, TOKEN))
+    await expect(error).to_contain_text(
+        await api_error({"images": [image(logo)], "labels": []}, TOKEN))
     await expect(page.locator("#results .bar-row")).to_have_count(0)
+
+    # A file over the body limit fails on its own card, with the API's message; the others work.
+    big = oversized_png()
+    await page.set_input_files("#file-input", files=_files({"noise.png": big}))
+    await page.fill("#labels", "a cat, a dog")
+    await page.click("#classify")
+    cards = page.locator("#results > li")
+    await expect(cards).to_have_count(2)
+    await expect(page.locator("#results [aria-busy]")).to_have_count(0)
+    await expect(error).to_be_hidden()
+    await expect(cards.nth(0).locator(".bar-row")).to_have_count(2)
+    await expect(cards.nth(1).locator(".card-error")).to_contain_text(
+        await api_error({"images": [image(big)], "labels": ["a cat", "a dog"]}, TOKEN))
     assert page.script_errors == []
