@@ -101,6 +101,21 @@ async def _enter_token(page) -> None:
     await expect(page.locator("#model-info")).to_contain_text("Model ")
 
 
+async def _drop(page, name: str, data: bytes) -> None:
+    """Drops a file on the drop zone as a drag from the desktop would (a DragEvent whose
+    DataTransfer holds the file)."""
+    await page.locator("#dropzone").evaluate(
+        """(zone, [name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/png" }));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true,
+                                                         dataTransfer: transfer }));
+            }
+        }""", [name, base64.b64encode(data).decode()])
+
+
 async def _rows(list_locator) -> list[tuple[str, str]]:
     return [tuple(r) for r in await list_locator.locator(".bar-row").evaluate_all(
         "rows => rows.map(r => [r.querySelector('.label').textContent.trim(),"
@@ -161,7 +176,7 @@ async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, bas
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
-async def test_page_shows_the_api_errors(page, base_url):
+async def test_page_takes_dropped_files_and_shows_the_api_errors(page, base_url):
     from playwright.async_api import expect
 
     async def api_error(body: dict[str, object], token: str | None) -> str:
@@ -175,7 +190,8 @@ async def test_page_shows_the_api_errors(page, base_url):
         return {"data": base64.b64encode(data).decode()}
 
     logo = images()["logo.png"]
-    await page.set_input_files("#file-input", files=_files({"logo.png": logo}))
+    await _drop(page, "logo.png", logo)
+    await expect(page.locator("#previews > li")).to_have_count(1)
 
     # No token yet: the server refuses, and the page says why.
     await page.fill("#labels", "a cat, a dog")
