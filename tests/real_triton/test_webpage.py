@@ -8,6 +8,7 @@ import base64
 import functools
 import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
@@ -67,16 +68,27 @@ async def browser():
         yield b
 
 
+@dataclass
+class PageLog:
+    """What the page did besides what it shows: the URLs it requested, its script errors."""
+
+    requested: list[str] = field(default_factory=list)
+    script_errors: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def log() -> PageLog:
+    return PageLog()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def page(browser, base_url):
-    """A fresh page, phone-sized, that records every request it makes and every script error."""
+async def page(browser, base_url, log: PageLog):
+    """The page, freshly loaded in a phone-sized window of its own, recording into ``log``."""
     context = await browser.new_context(viewport={"width": 375, "height": 800})
     page = await context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.requested = []  # type: ignore[attr-defined]
-    page.script_errors = []  # type: ignore[attr-defined]
-    page.on("request", lambda r: page.requested.append(r.url))  # type: ignore[attr-defined]
-    page.on("pageerror", lambda e: page.script_errors.append(str(e)))  # type: ignore[attr-defined]
+    page.on("request", lambda r: log.requested.append(r.url))
+    page.on("pageerror", lambda e: log.script_errors.append(str(e)))
     await page.goto(base_url)
     yield page
     await context.close()
@@ -122,7 +134,7 @@ async def _rows(list_locator) -> list[tuple[str, str]]:
         " r.querySelector('.probability').textContent.trim()])")]
 
 
-async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, base_url):
+async def test_page_shows_the_grpc_classify_and_score_results(page, log, gateway, base_url):
     from playwright.async_api import expect
 
     async with gateway.client(token=TOKEN) as client:
@@ -169,14 +181,14 @@ async def test_page_shows_the_grpc_classify_and_score_results(page, gateway, bas
 
     # Everything came from this server (no CDN, nothing outside), nothing in the page failed,
     # and a phone-sized screen needs no sideways scrolling.
-    outside = [u for u in page.requested
+    outside = [u for u in log.requested
                if not u.startswith((base_url, "blob:", "data:"))]
     assert outside == []
-    assert page.script_errors == []
+    assert log.script_errors == []
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
-async def test_page_takes_dropped_files_and_shows_the_api_errors(page, base_url):
+async def test_page_takes_dropped_files_and_shows_the_api_errors(page, log, base_url):
     from playwright.async_api import expect
 
     async def api_error(body: dict[str, object], token: str | None) -> str:
@@ -221,4 +233,4 @@ async def test_page_takes_dropped_files_and_shows_the_api_errors(page, base_url)
     await expect(cards.nth(0).locator(".bar-row")).to_have_count(2)
     await expect(cards.nth(1).locator(".card-error")).to_contain_text(
         await api_error({"images": [image(big)], "labels": ["a cat", "a dog"]}, TOKEN))
-    assert page.script_errors == []
+    assert log.script_errors == []
