@@ -9,10 +9,12 @@ process): the body {"inputs": [{"text": ...}]} is parsed, and a {"embeddings": [
 measured is the stack's own cost per request. The load is one aiohttp closed loop in this
 process. Reported per stack: requests/s and the server's CPU ms per request (psutil), the
 latter less sensitive to other work on a shared machine. Stacks:
-  uvicorn-starlette  uvicorn (h11) + a Starlette route, json.dumps (what gateway/http/ runs)
-  uvicorn-fastapi    uvicorn (h11) + FastAPI with pydantic request/response models
-  granian-starlette  granian (Rust HTTP server) + the same Starlette route, when --granian-python
-                     names a Python with granian installed
+  uvicorn-starlette-json    uvicorn (h11) + a Starlette route, stdlib json
+  uvicorn-starlette-orjson  the same with orjson (numpy float32 rows): what gateway/http/ runs
+  uvicorn-httptools-orjson  the same on uvicorn's httptools parser (pip: httptools)
+  uvicorn-fastapi           uvicorn (h11) + FastAPI with pydantic request/response models
+  granian-starlette-orjson  granian (Rust HTTP server) + the orjson Starlette route, when
+                            --granian-python names a Python with granian and orjson
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json, os, numpy as np
 D = int(os.environ.get("DIM", "768"))
 ROW = (np.arange(1, D + 1, dtype=np.float32) / np.float32(D * 7.3)).astype(np.float32)
 KIND = os.environ["KIND"]
+EMBEDS = np.stack([ROW])
 
 def answer(texts):
     return {"embeddings": [{"values": ROW.tolist()} for _ in texts]}
@@ -62,11 +65,21 @@ else:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    async def embed(request):
-        body = json.loads(await request.body())
-        out = answer([i["text"] for i in body["inputs"]])
-        return Response(json.dumps(out, separators=(",", ":")).encode(),
-                        media_type="application/json")
+    if KIND == "orjson":
+        import orjson
+
+        async def embed(request):
+            body = orjson.loads(await request.body())
+            rows = np.ascontiguousarray(np.repeat(EMBEDS, len(body["inputs"]), axis=0))
+            out = {"embeddings": [{"values": row} for row in rows]}
+            return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
+                            media_type="application/json")
+    else:
+        async def embed(request):
+            body = json.loads(await request.body())
+            out = answer([i["text"] for i in body["inputs"]])
+            return Response(json.dumps(out, separators=(",", ":")).encode(),
+                            media_type="application/json")
 
     app = Starlette(routes=[Route("/v1/embed", embed, methods=["POST"])])
 '''
@@ -80,15 +93,17 @@ def free_port() -> int:
 
 def start(stack: str, python: str, port: int, workdir: Path, dim: int) -> subprocess.Popen:
     (workdir / "stack_app.py").write_text(APP)
-    env = {**os.environ, "KIND": "fastapi" if "fastapi" in stack else "starlette",
-           "DIM": str(dim), "PYTHONPATH": str(workdir)}
+    kind = next(k for k in ("fastapi", "orjson", "json") if stack.endswith(k))
+    env = {**os.environ, "KIND": kind, "DIM": str(dim),
+           "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")])}
     if stack.startswith("granian"):
         argv = [python, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
                 "--port", str(port), "--workers", "1", "--no-ws", "--log-level", "warning",
                 "stack_app:app"]
     else:
         argv = [python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-                "--no-access-log", "--log-level", "warning", "--http", "h11", "stack_app:app"]
+                "--no-access-log", "--log-level", "warning", "--loop", "asyncio",
+                "--http", "httptools" if "httptools" in stack else "h11", "stack_app:app"]
     return subprocess.Popen(argv, env=env, cwd=workdir)
 
 
@@ -147,9 +162,11 @@ def main() -> int:
     args = p.parse_args()
     import psutil
 
-    stacks = {"uvicorn-starlette": sys.executable, "uvicorn-fastapi": sys.executable}
+    stacks = {"uvicorn-starlette-json": sys.executable,
+              "uvicorn-starlette-orjson": sys.executable,
+              "uvicorn-httptools-orjson": sys.executable, "uvicorn-fastapi": sys.executable}
     if args.granian_python:
-        stacks["granian-starlette"] = args.granian_python
+        stacks["granian-starlette-orjson"] = args.granian_python
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"http-stack-{os.getpid()}"
     workdir.mkdir(exist_ok=True)
     results: dict[str, list[dict[str, float]]] = {s: [] for s in stacks}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,7 +45,10 @@ def body_limit(max_message_bytes: int) -> int:
 
 
 def dumps(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """JSON bytes; numpy float32 arrays and scalars as the shortest text that reads back as
+    the same float32 (orjson: ~25x faster than json.dumps on a 768-value embedding, and 40%
+    smaller, BENCHMARKS.md "HTTP/JSON API")."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class HttpApi:
@@ -164,8 +167,8 @@ class HttpApi:
 
 def _parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
 
 

@@ -121,20 +121,21 @@ def score_request(body: Any) -> tuple[list[ImageInput], list[str]]:
     return images(body.get("images")), strings(body.get("texts"), "texts")
 
 
-# Floats go out as the float32 values gRPC sends, so both protocols answer the same numbers.
-def floats(values: np.ndarray) -> list[float]:
-    return np.asarray(values, dtype=np.float32).ravel().tolist()
+# Floats go out as numpy float32 (app.dumps prints them shortest): the float32 values gRPC
+# sends, so both protocols answer the same numbers.
+def floats(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float32).ravel()
 
 
 def classify_response(results: Sequence[Sequence[LabelScore]]) -> Json:
     return {"results": [{"scores": [
-        {"label": s.label, "probability": float(np.float32(s.probability)),
-         "logit": float(np.float32(s.logit))} for s in row]} for row in results]}
+        {"label": s.label, "probability": np.float32(s.probability),
+         "logit": np.float32(s.logit)} for s in row]} for row in results]}
 
 
 def embed_response(embeds: np.ndarray) -> Json:
     return {"embeddings": [{"values": row} for row in
-                           np.asarray(embeds, dtype=np.float32).tolist()]}
+                           np.ascontiguousarray(embeds, dtype=np.float32)]}
 
 
 def score_response(logits: np.ndarray, probs: np.ndarray) -> Json:

@@ -91,11 +91,11 @@ def _image(value: str, field: str) -> EmbedItem:
 
 
 def response(request: EmbeddingsRequest, embeds: np.ndarray, tokens: int) -> Json:
-    rows = np.asarray(embeds, dtype="<f4")
+    rows = np.ascontiguousarray(embeds, dtype="<f4")
     if request.encoding_format == "base64":
         values: list[Any] = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
     else:
-        values = rows.tolist()
+        values = list(rows)  # float32 rows, printed shortest by app.dumps
     return {"object": "list", "model": request.model,
             "data": [{"object": "embedding", "index": i, "embedding": v}
                      for i, v in enumerate(values)],

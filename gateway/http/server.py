@@ -1,6 +1,7 @@
 """Listens for the HTTP API: uvicorn in the gateway's own event loop, beside grpc.aio.
 
-uvicorn is started with its lower-level calls (startup / main_loop / shutdown) rather than
+uvicorn with its httptools parser (the stack measured cheapest per request, BENCHMARKS.md
+"HTTP/JSON API") is started with its lower-level calls (startup / main_loop / shutdown) rather than
 ``serve()``, which would take over SIGTERM: the gateway owns the signals and drains both
 protocols together (gateway/server.py). The socket is bound here, so that a worker of
 ``serve --processes N`` can share the port with SO_REUSEPORT as the gRPC port is shared.
@@ -29,8 +30,8 @@ class HttpServer:
         self._share_port = share_port
         s = settings
         self._config = uvicorn.Config(
-            app, lifespan="off", access_log=False, log_config=None, server_header=False,
-            backlog=BACKLOG, timeout_keep_alive=75,
+            app, http="httptools", lifespan="off", access_log=False, log_config=None,
+            server_header=False, backlog=BACKLOG, timeout_keep_alive=75,
             ssl_certfile=s.tls_cert or None, ssl_keyfile=s.tls_key or None,
             ssl_ca_certs=s.tls_client_ca or None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if s.tls_client_ca else ssl.CERT_NONE)

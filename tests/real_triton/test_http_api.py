@@ -132,8 +132,9 @@ async def test_curl_classify_matches_grpc(gateway, grpc_client):
         [s.label for s in row] for row in expected]
     for row, exp in zip(got, expected, strict=True):
         for s, e in zip(row["scores"], exp, strict=True):
-            # The float32 values gRPC sends, printed exactly.
-            assert (s["probability"], s["logit"]) == (e.probability, e.logit)
+            # The float32 values gRPC sends, printed in their shortest form.
+            assert np.float32(s["probability"]) == np.float32(e.probability)
+            assert np.float32(s["logit"]) == np.float32(e.logit)
 
 
 async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
@@ -150,10 +151,14 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
     assert score.status_code == embed.status_code == info.status_code == 200
     expected_score = await grpc_client.score([jpeg], TEXTS[:2])
     assert score.json()["num_images"] == 1 and score.json()["num_texts"] == 2
-    assert score.json()["probabilities"] == expected_score.probabilities.ravel().tolist()
-    assert score.json()["logits"] == expected_score.logits.ravel().tolist()
+    # JSON prints each float32 in its shortest form: read back, the very float32 gRPC sends.
+    for name in ("probabilities", "logits"):
+        np.testing.assert_array_equal(np.asarray(score.json()[name], dtype=np.float32),
+                                      getattr(expected_score, name).ravel())
     expected_embed = await grpc_client.embed([jpeg, TEXTS[0]])
-    assert [e["values"] for e in embed.json()["embeddings"]] == expected_embed.tolist()
+    np.testing.assert_array_equal(
+        np.asarray([e["values"] for e in embed.json()["embeddings"]], dtype=np.float32),
+        expected_embed)
     grpc_info = await grpc_client.model_info()
     assert info.json()["model_id"] == grpc_info.model_id
     assert info.json()["embedding_dim"] == grpc_info.embedding_dim
