@@ -100,9 +100,11 @@ def _files(named: dict[str, bytes]) -> list[dict[str, object]]:
 
 
 def _assert_shown(shown: str, exact: float, what: str) -> None:
-    """``shown`` is ``exact`` rounded to the digits shown (half a unit of the last one)."""
-    tolerance = 0.5 * 10.0 ** Decimal(shown).as_tuple().exponent
-    assert abs(float(shown) - exact) <= tolerance * (1 + 1e-6) + 1e-9, (what, shown, exact)
+    """``shown`` is ``exact`` rounded to the digits shown (half a unit of the last one). The
+    page asks for one image per request and gRPC got both in one: float32 results may differ
+    in the last bits between batch sizes, which may round the other way at a digit's edge."""
+    tolerance = 0.5 * 10.0 ** Decimal(shown).as_tuple().exponent + 1e-5 * abs(exact)
+    assert abs(float(shown) - exact) <= tolerance, (what, shown, exact)
 
 
 async def _enter_token(page) -> None:
