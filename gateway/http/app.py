@@ -88,18 +88,22 @@ class HttpApi:
 
     # -- handlers: JSON in, JSON out ---------------------------------------------------
     async def _classify(self, body: Any, deadline: float | None) -> Any:
-        images, labels, template, k = convert.classify_request(body)
-        results = await self._engine.classify(images, labels, template, k, deadline)
-        return convert.classify_response(results)
+        a = convert.classify_request(body)
+        result = await self._engine.classify_detailed(
+            a.images, a.labels, a.template, a.top_k, deadline, templates=a.templates,
+            truncate=a.truncate)
+        return convert.classify_response(result)
 
     async def _embed(self, body: Any, deadline: float | None) -> Any:
-        embeds = await self._engine.embed(convert.embed_request(body), deadline)
-        return convert.embed_response(embeds)
+        a = convert.embed_request(body)
+        result = await self._engine.embed_detailed(a.items, deadline, normalize=a.normalize,
+                                                   truncate=a.truncate)
+        return convert.embed_response(result, a.float16)
 
     async def _score(self, body: Any, deadline: float | None) -> Any:
-        images, texts = convert.score_request(body)
-        logits, probs = await self._engine.score(images, texts, deadline)
-        return convert.score_response(logits, probs)
+        images, texts, truncate = convert.score_request(body)
+        result = await self._engine.score_detailed(images, texts, deadline, truncate=truncate)
+        return convert.score_response(result)
 
     async def _model_info(self, _body: Any, _deadline: float | None) -> Any:
         return convert.model_info(self._engine.meta, self._preprocess_mode,

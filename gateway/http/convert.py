@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,13 +20,16 @@ from gateway.api.convert import model_info_response
 from gateway.core.errors import InvalidInput
 from gateway.core.model_meta import ModelMeta
 from gateway.core.types import (
+    Classified,
+    Embedded,
     EmbedItem,
     EncodedImage,
     ImageInput,
     ImageUrl,
-    LabelScore,
     RawPixels,
+    Scored,
 )
+from siglip.v1 import siglip_pb2 as pb
 
 Json = dict[str, Any]
 
@@ -110,21 +114,70 @@ def embed_items(value: Any, field: str = "inputs") -> list[EmbedItem]:
     return items
 
 
-def classify_request(body: Any) -> tuple[list[ImageInput], list[str], str | None, int]:
-    body = obj(body, "", ("images", "labels", "prompt_template", "top_k"))
+@dataclass(frozen=True)
+class ClassifyArgs:
+    images: list[ImageInput]
+    labels: list[str]
+    template: str | None
+    templates: list[str]
+    top_k: int
+    truncate: bool
+
+
+@dataclass(frozen=True)
+class EmbedArgs:
+    items: list[EmbedItem]
+    normalize: bool
+    float16: bool
+    truncate: bool
+
+
+def classify_request(body: Any) -> ClassifyArgs:
+    body = obj(body, "", ("images", "labels", "prompt_template", "prompt_templates", "top_k",
+                          "truncate"))
     template = body.get("prompt_template")
-    return (images(body.get("images")), strings(body.get("labels"), "labels"),
-            None if template is None else string(template, "prompt_template"),
-            uint(body.get("top_k"), "top_k"))
+    return ClassifyArgs(images(body.get("images")), strings(body.get("labels"), "labels"),
+                        None if template is None else string(template, "prompt_template"),
+                        strings(body.get("prompt_templates"), "prompt_templates"),
+                        uint(body.get("top_k"), "top_k"), flag(body, "truncate"))
 
 
-def embed_request(body: Any) -> list[EmbedItem]:
-    return embed_items(obj(body, "", ("inputs",)).get("inputs"))
+def embed_request(body: Any) -> EmbedArgs:
+    body = obj(body, "", ("inputs", "normalize", "dtype", "truncate"))
+    return EmbedArgs(embed_items(body.get("inputs")), flag(body, "normalize"),
+                     dtype(body.get("dtype")) == pb.EMBEDDING_DTYPE_FLOAT16,
+                     flag(body, "truncate"))
 
 
-def score_request(body: Any) -> tuple[list[ImageInput], list[str]]:
-    body = obj(body, "", ("images", "texts"))
-    return images(body.get("images")), strings(body.get("texts"), "texts")
+def score_request(body: Any) -> tuple[list[ImageInput], list[str], bool]:
+    body = obj(body, "", ("images", "texts", "truncate"))
+    return (images(body.get("images")), strings(body.get("texts"), "texts"),
+            flag(body, "truncate"))
+
+
+def flag(body: Json, name: str) -> bool:
+    """An ``optional bool`` of the proto: true unless sent as false."""
+    value = body.get(name)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise InvalidInput("must be true or false", field=name)
+    return value
+
+
+def dtype(value: Any) -> int:
+    """EmbeddingDtype as protobuf's JSON mapping writes enums: its name (or its number)."""
+    if value is None:
+        return pb.EMBEDDING_DTYPE_FLOAT32
+    names = pb.EmbeddingDtype.keys()
+    if isinstance(value, str) and value in names:
+        number = pb.EmbeddingDtype.Value(value)
+    elif isinstance(value, int) and not isinstance(value, bool) and \
+            value in pb.EmbeddingDtype.values():
+        number = value
+    else:
+        raise InvalidInput(f"must be one of {', '.join(names)}", field="dtype")
+    return number or pb.EMBEDDING_DTYPE_FLOAT32
 
 
 # Floats go out as numpy float32 (app.dumps prints them shortest): the float32 values gRPC
@@ -133,20 +186,28 @@ def floats(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32).ravel()
 
 
-def classify_response(results: Sequence[Sequence[LabelScore]]) -> Json:
+def classify_response(result: Classified) -> Json:
     return {"results": [{"scores": [
         {"label": s.label, "probability": np.float32(s.probability),
-         "logit": np.float32(s.logit)} for s in row]} for row in results]}
+         "logit": np.float32(s.logit)} for s in row]} for row in result.scores],
+        "truncated_labels": result.truncated_labels}
 
 
-def embed_response(embeds: np.ndarray) -> Json:
-    return {"embeddings": [{"values": row} for row in
-                           np.ascontiguousarray(embeds, dtype=np.float32)]}
+def embed_response(result: Embedded, float16: bool = False) -> Json:
+    if float16:
+        half = np.asarray(result.embeddings, dtype="<f2")
+        rows: list[Json] = [{"float16_values": base64.b64encode(row.tobytes()).decode()}
+                            for row in half]
+    else:
+        rows = [{"values": row} for row in
+                np.ascontiguousarray(result.embeddings, dtype=np.float32)]
+    return {"embeddings": rows, "truncated_inputs": result.truncated_inputs}
 
 
-def score_response(logits: np.ndarray, probs: np.ndarray) -> Json:
-    return {"num_images": int(logits.shape[0]), "num_texts": int(logits.shape[1]),
-            "probabilities": floats(probs), "logits": floats(logits)}
+def score_response(result: Scored) -> Json:
+    return {"num_images": int(result.logits.shape[0]), "num_texts": int(result.logits.shape[1]),
+            "probabilities": floats(result.probabilities), "logits": floats(result.logits),
+            "truncated_texts": result.truncated_texts}
 
 
 def model_info(meta: ModelMeta, preprocess_mode: str, default_template: str) -> Json:

@@ -49,8 +49,12 @@ def _repeated(fd: FieldDescriptor) -> bool:
 def _message_schema(desc: Descriptor) -> Json:
     props: Json = {}
     for fd in desc.fields:
-        schema = (_ref(fd.message_type.name) if fd.type == FieldDescriptor.TYPE_MESSAGE
-                  else dict(_SCALARS[fd.type]))
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            schema = _ref(fd.message_type.name)
+        elif fd.type == FieldDescriptor.TYPE_ENUM:  # protobuf's JSON mapping: the value's name
+            schema = {"type": "string", "enum": [v.name for v in fd.enum_type.values]}
+        else:
+            schema = dict(_SCALARS[fd.type])
         props[fd.name] = {"type": "array", "items": schema} if _repeated(fd) else schema
     out: Json = {"type": "object", "properties": props, "additionalProperties": False}
     oneofs = [o for o in desc.oneofs if not o.name.startswith("_")]  # not proto3 `optional`

@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from gateway.client import SiglipClient
 from gateway.core.text import TextTokenizer
+from siglip.v1 import siglip_pb2 as pb
 from tests.support import imagegen
 from tests.support.binaries import require_binary
 from tests.support.gateway_harness import running_gateway
@@ -172,8 +173,9 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
     assert {"/v1/classify", "/v1/embed", "/v1/score", "/v1/models/info",
             "/v1/embeddings"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
-    assert set(schemas["ClassifyRequest"]["properties"]) == {
-        "images", "labels", "prompt_template", "top_k"}
+    for name in ("ClassifyRequest", "EmbedRequest", "ScoreRequest"):
+        fields = getattr(pb, name).DESCRIPTOR.fields
+        assert set(schemas[name]["properties"]) == {f.name for f in fields}
     for path in spec["paths"].values():
         for op in path.values():
             for ref in json.dumps(op).split('"$ref": "')[1:]:
@@ -185,3 +187,43 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
         "method": "Score", "code": "OK", "protocol": "http"}) >= 1
     assert registry.get_sample_value("siglip_gateway_requests_total", {
         "method": "Score", "code": "OK", "protocol": "grpc"}) >= 1
+
+
+async def test_json_takes_the_zero_shot_options_as_grpc_does(gateway, grpc_client):
+    """prompt_templates, truncate, normalize and dtype: the same answers as over gRPC."""
+    import httpx
+
+    jpeg = imagegen.photo_jpeg(48, 64, seed=5)
+    image = {"data": base64.b64encode(jpeg).decode()}
+    labels = ["cat", "dog " * 80]  # the second label's prompts do not fit
+    templates = ["a photo of a {}.", "a drawing of a {}.", "{}"]
+    async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as http:
+        classify = await http.post("/v1/classify", json={
+            "images": [image], "labels": labels, "prompt_templates": templates})
+        refused = await http.post("/v1/classify", json={
+            "images": [image], "labels": labels, "prompt_template": "{}", "truncate": False})
+        embed = await http.post("/v1/embed", json={
+            "inputs": [{"image": image}, {"text": TEXTS[2]}], "normalize": False,
+            "dtype": "EMBEDDING_DTYPE_FLOAT16"})
+        score = await http.post("/v1/score", json={"images": [image], "texts": TEXTS[:3],
+                                                  "truncate": True})
+        bad_dtype = await http.post("/v1/embed", json={"inputs": [{"text": "a"}],
+                                                      "dtype": "FLOAT64"})
+    assert classify.status_code == embed.status_code == score.status_code == 200
+    expected = await grpc_client.classify_reply([jpeg], labels, prompt_templates=templates)
+    assert classify.json()["truncated_labels"] == list(expected.truncated_labels) == [1]
+    got = classify.json()["results"][0]["scores"]
+    assert [s["label"] for s in got] == [s.label for s in expected.results[0]]
+    np.testing.assert_array_equal(np.float32([s["probability"] for s in got]),
+                                  np.float32([s.probability for s in expected.results[0]]))
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "labels[1]"
+
+    raw = await grpc_client.embed_reply([jpeg, TEXTS[2]], normalize=False, dtype="float16")
+    rows = [np.frombuffer(base64.b64decode(e["float16_values"]), dtype="<f2")
+            for e in embed.json()["embeddings"]]
+    np.testing.assert_array_equal(np.stack(rows), raw.embeddings)
+    assert embed.json()["truncated_inputs"] == list(raw.truncated_inputs) == [1]
+    assert score.json()["truncated_texts"] == [2]
+    assert bad_dtype.status_code == 400 and bad_dtype.json()["error"]["param"] == "dtype"
