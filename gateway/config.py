@@ -65,6 +65,11 @@ class Settings:
     tls_client_ca: str = ""
     auth_token: str = ""
     log_level: str = "INFO"
+    # text, or json: one object per line (gateway/observability/logs.py).
+    log_format: str = "text"
+    # Embedded Triton's own OpenTelemetry tracing: its `--trace-config` values, separated by
+    # spaces (docs/observability.md). Empty: off.
+    triton_trace_config: str = ""
 
     def __post_init__(self) -> None:
         # Resolved once here, so every worker process gets the parent's numbers.
@@ -92,6 +97,8 @@ class Settings:
             raise ValueError(
                 f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
                 f"{self.preprocess_mode!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"SIGLIP_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.triton_shm not in ("auto", "on", "off"):
             raise ValueError(f"SIGLIP_TRITON_SHM must be auto, on or off, not {self.triton_shm!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",
