@@ -6,9 +6,10 @@
 
 Same method as bench/gateway_cpu.py (its ``measure``; the fake Triton in this process; the
 gateways' CPU seconds per call; variants measured in turns, round by round). Variants: ``base``
-(another checkout, ``--base``), ``off`` (this checkout as shipped: tracing off, the request
-line logged as text), ``json`` (SIGLIP_LOG_FORMAT=json), ``traced`` (OTLP/gRPC export of
-every request's spans to a receiver in this process).
+(another checkout, ``--base``), ``no_line`` (this checkout, tracing off, SIGLIP_REQUEST_LOG=off:
+the request scope without its log line), ``off`` (as shipped: tracing off, the request line
+logged as text), ``json`` (SIGLIP_LOG_FORMAT=json), ``traced`` (OTLP/gRPC export of every
+request's spans to a receiver in this process).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ async def main(args: argparse.Namespace) -> dict:
     checkpoint = cached_checkpoint("tiny")
     log_dir = Path(tempfile.mkdtemp(prefix="observability-cpu-"))
     receiver = OtlpGrpcReceiver().start()
-    variants = {"off": (ROOT, {}), "json": (ROOT, {"SIGLIP_LOG_FORMAT": "json"}),
+    variants = {"no_line": (ROOT, {"SIGLIP_REQUEST_LOG": "off"}), "off": (ROOT, {}),
+                "json": (ROOT, {"SIGLIP_LOG_FORMAT": "json"}),
                 "traced": (ROOT, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})}
     if args.base:
         variants = {"base": (args.base, {}), **variants}

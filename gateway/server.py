@@ -108,7 +108,9 @@ class GatewayServer:
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
         add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode,
-                                     Observability(self.tracing)), self._server)
+                                     Observability(self.tracing,
+                                                   log_requests=s.request_log == "on")),
+                      self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)

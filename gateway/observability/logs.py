@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from gateway.observability.request import current_request
@@ -24,9 +24,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         out: dict[str, Any] = {
-            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": f"{ts}.{int(record.msecs):03d}Z",
             "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         scope = current_request()
         if scope is not None:
