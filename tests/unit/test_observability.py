@@ -142,6 +142,15 @@ def test_an_exception_leaving_the_scope_without_a_status_is_a_server_error(caplo
     assert record.request["status"] == "UNKNOWN"
 
 
+def test_request_log_off_writes_no_line(caplog):
+    caplog.set_level(logging.INFO, logger="gateway.requests")
+    with Observability(log_requests=False).request("grpc", "Embed", {}):
+        pass
+    assert caplog.records == []
+    with pytest.raises(ValueError, match="SIGLIP_REQUEST_LOG"):
+        Settings.from_env({"SIGLIP_REQUEST_LOG": "maybe"})
+
+
 def test_log_format_and_trace_config_settings():
     assert Settings.from_env({}).log_format == "text"
     with pytest.raises(ValueError, match="SIGLIP_LOG_FORMAT"):
