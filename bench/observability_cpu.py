@@ -9,7 +9,7 @@ gateways' CPU seconds per call; variants measured in turns, round by round). Var
 (another checkout, ``--base``), ``no_line`` (this checkout, tracing off, SIGLIP_REQUEST_LOG=off:
 the request scope without its log line), ``off`` (as shipped: tracing off, the request line
 logged as text), ``json`` (SIGLIP_LOG_FORMAT=json), ``traced`` (OTLP/gRPC export of every
-request's spans to a receiver in this process).
+request's spans to a receiver in this process), ``base_again`` (``base`` again: the noise).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ async def main(args: argparse.Namespace) -> dict:
                 "json": (ROOT, {"SIGLIP_LOG_FORMAT": "json"}),
                 "traced": (ROOT, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})}
     if args.base:
-        variants = {"base": (args.base, {}), **variants}
+        # base twice, first and last: how far two gateways running the same code differ here.
+        variants = {"base": (args.base, {}), **variants, "base_again": (args.base, {})}
     results: dict[str, list[float]] = {v: [] for v in variants}
     async with FakeTriton(embedding_dim(checkpoint), delay_s=args.triton_ms / 1e3) as fake:
         gateways = {v: GatewayProcess(checkpoint, fake.url, log_dir / f"{v}.log",
