@@ -123,9 +123,11 @@ async def test_a_failure_names_its_request_id_in_details_metadata_and_logs(stub,
 
 
 async def test_log_format_json_makes_every_line_json(tiny_checkpoint, fake, tmp_path):
-    gateway = GatewayProcess(tiny_checkpoint, fake.url, tmp_path / "gateway.log",
+    # Two worker processes: the supervisor's and the workers' lines are JSON alike.
+    gateway = GatewayProcess(tiny_checkpoint, fake.url, tmp_path / "gateway.log", processes=2,
                              env={"SIGLIP_LOG_FORMAT": "json"})
     await gateway.start(timeout_s=60)
+    pids = gateway.worker_pids()
     try:
         async with grpc.aio.insecure_channel(gateway.target) as channel:
             await pb_grpc.SiglipServiceStub(channel).Embed(
@@ -137,6 +139,7 @@ async def test_log_format_json_makes_every_line_json(tiny_checkpoint, fake, tmp_
     records = [json.loads(line) for line in gateway.log().splitlines() if line.strip()]
     [line] = request_lines(records)
     assert line["request_id"] == "from-the-test" and line["method"] == "Embed"
+    assert isinstance(line["worker"], int) and line["pid"] in pids
     assert "trace_id" not in line  # tracing is off by default
     assert SECRET_LABEL not in gateway.log()
 
