@@ -107,10 +107,10 @@ class GatewayServer:
             mode=mode, tracing=self.tracing)
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
+        # Shared by every protocol adapter of this server (request ids, spans, request lines).
+        self.observability = Observability(self.tracing, log_requests=s.request_log == "on")
         add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode,
-                                     Observability(self.tracing,
-                                                   log_requests=s.request_log == "on")),
-                      self._server)
+                                     self.observability), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
