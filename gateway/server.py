@@ -60,6 +60,9 @@ class GatewayServer:
         """``tracing``: the process's tracer (its owner shuts it down); None: no tracing."""
         self.settings = settings
         self.tracing = tracing or Tracing()
+        # Shared by every protocol adapter of this server (request ids, spans, request lines).
+        self.observability = Observability(self.tracing,
+                                           log_requests=settings.request_log == "on")
         # A worker of `serve --processes N`: its siblings listen on the same port.
         self._share_port = share_port
         self.triton_url = triton_url
@@ -107,8 +110,6 @@ class GatewayServer:
             mode=mode, tracing=self.tracing)
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
-        # Shared by every protocol adapter of this server (request ids, spans, request lines).
-        self.observability = Observability(self.tracing, log_requests=s.request_log == "on")
         add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode,
                                      self.observability), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
