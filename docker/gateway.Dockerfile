@@ -20,9 +20,10 @@ COPY docker/gateway-constraints.txt /tmp/constraints.txt
 COPY pyproject.toml README.md ./
 COPY siglip ./siglip
 COPY gateway ./gateway
-# Non-editable install of the package and its pinned dependencies. No [triton] extra: the
-# gateway never imports torch. pip check fails the build on an inconsistent set.
-RUN pip install --no-cache-dir -c /tmp/constraints.txt . \
+# Non-editable install of the package and its pinned dependencies, with the [otel] extra (the
+# OpenTelemetry SDK and exporter, used only when OTEL_* settings turn tracing on). No [triton]
+# extra: the gateway never imports torch. pip check fails the build on an inconsistent set.
+RUN pip install --no-cache-dir -c /tmp/constraints.txt '.[otel]' \
     && pip check \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 

@@ -13,26 +13,40 @@ import sys
 
 from gateway.config import Settings
 from gateway.core.model_meta import load_model_meta, resolve_checkpoint
+from gateway.observability.tracing import Tracing, TracingConfig, require_sdk
 from gateway.server import GatewayServer
 
 log = logging.getLogger("gateway")
 
 
-async def serve(settings: Settings) -> int:
-    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+async def serve(settings: Settings, tracing_config: TracingConfig | None = None) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code. ``tracing_config``: from
+    the OTEL_* settings (None: no tracing); with several processes each worker traces."""
+    tracing_config = tracing_config or TracingConfig()
+    # Fails here, before Triton starts, when tracing is on without the SDK.
+    require_sdk(tracing_config)
+    tracing = Tracing.start(tracing_config) if settings.processes == 1 else Tracing()
+    try:
+        return await _serve(settings, tracing)
+    finally:
+        tracing.shutdown()
+
+
+async def _serve(settings: Settings, tracing: Tracing) -> int:
     if settings.processes == 1:  # with more, the workers tokenize, not this process
         _import_transformers_without_torch()
     checkpoint = await asyncio.to_thread(resolve_checkpoint, settings.model)
     triton = None
     triton_url = settings.triton_url
     if not triton_url:
-        from gateway.embedded_triton.launcher import CpuThreading, EmbeddedTriton
+        from gateway.embedded_triton.launcher import CpuThreading, EmbeddedTriton, trace_args
 
         threading = CpuThreading(threads=settings.triton_cpu_threads,
                                  interop_threads=settings.triton_cpu_interop_threads)
         triton = EmbeddedTriton(model=str(checkpoint), restart_on_exit=True,
                                 startup_timeout_s=settings.triton_startup_timeout_s,
-                                cpu_threading=threading)
+                                cpu_threading=threading,
+                                extra_args=trace_args(settings.triton_trace_config))
         log.info("starting embedded Triton for %s", checkpoint)
         await asyncio.to_thread(triton.start)
         triton_url = triton.grpc_url
@@ -50,7 +64,7 @@ async def serve(settings: Settings) -> int:
                                     embedded=triton is not None)
             return await supervisor.run(stop)
         # One process: this one serves (as before --processes existed).
-        server = GatewayServer(settings, triton_url, checkpoint=checkpoint)
+        server = GatewayServer(settings, triton_url, checkpoint=checkpoint, tracing=tracing)
         bound = await server.start()
         ready = asyncio.create_task(server.ready.wait())
         stopping = asyncio.create_task(stop.wait())

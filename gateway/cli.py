@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,6 +208,8 @@ def _note_truncated(what: str, texts: Sequence[object]) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import serve
+    from gateway.observability.logs import configure_logging
+    from gateway.observability.tracing import TracingConfig
 
     try:
         settings = Settings.from_env(
@@ -214,12 +217,12 @@ def _serve(args: argparse.Namespace) -> int:
             http_port=args.http_port,
             triton_url=args.triton_url, preprocess_mode=args.preprocess_mode,
             processes=args.processes)
+        tracing = TracingConfig.from_env(os.environ)
     except ValueError as exc:
         return _fail("serve", str(exc), EXIT_USAGE)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, tracing))
     except Exception as exc:  # start-up failures end with one clear line
         logging.getLogger("gateway").error("start-up failed: %s", exc)
         return 1

@@ -75,6 +75,13 @@ class Settings:
     image_url_timeout_s: float = 10.0
     image_url_max_redirects: int = 3
     image_url_ca_file: str = ""
+    # text, or json: one object per line (gateway/observability/logs.py).
+    log_format: str = "text"
+    # One line per request at INFO (logger gateway.requests): on or off.
+    request_log: str = "on"
+    # Embedded Triton's own OpenTelemetry tracing: its `--trace-config` values, separated by
+    # spaces (docs/observability.md). Empty: off.
+    triton_trace_config: str = ""
 
     def __post_init__(self) -> None:
         # Resolved once here, so every worker process gets the parent's numbers.
@@ -102,6 +109,10 @@ class Settings:
             raise ValueError(
                 f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
                 f"{self.preprocess_mode!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"SIGLIP_LOG_FORMAT must be text or json, not {self.log_format!r}")
+        if self.request_log not in ("on", "off"):
+            raise ValueError(f"SIGLIP_REQUEST_LOG must be on or off, not {self.request_log!r}")
         if self.triton_shm not in ("auto", "on", "off"):
             raise ValueError(f"SIGLIP_TRITON_SHM must be auto, on or off, not {self.triton_shm!r}")
         for name in ("max_images", "max_texts", "max_text_chars", "max_image_pixels",

@@ -50,6 +50,7 @@ from gateway.core.validation import (
     refuse_truncated,
 )
 from gateway.metrics import Metrics
+from gateway.observability.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -75,12 +76,15 @@ class Engine:
     def __init__(self, *, meta: ModelMeta, tokenizer: TextTokenizer, backend: Backend,
                  pool: Executor, metrics: Metrics, cache: EmbeddingCache,
                  request_limits: RequestLimits, image_limits: ImageLimits,
-                 mode: PreprocessMode, fetcher: ImageFetcher | None = None) -> None:
+                 mode: PreprocessMode, fetcher: ImageFetcher | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.meta = meta
         self._tokenizer = tokenizer
         self._backend = backend
         self._pool = pool
         self._metrics = metrics
+        # Each stage timed for its histogram and, with tracing on, a span.
+        self._stage = (tracing or Tracing()).stage_timer(metrics.stage)
         self._cache = cache
         self._limits = request_limits
         self._image_limits = image_limits
@@ -207,9 +211,9 @@ class Engine:
             return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
         self._metrics.inputs.labels("image").observe(len(images))
         if any(isinstance(image, ImageUrl) for image in images):
-            with self._metrics.stage("fetch"):
+            with self._stage("fetch"):
                 images = await self._fetch_urls(images, fields, deadline)
-        with self._metrics.stage("decode"):
+        with self._stage("decode"):
             prepared = await asyncio.gather(*(
                 self._run(self._prepare, image, field)
                 for field, image in zip(fields, images, strict=True)))
@@ -225,7 +229,7 @@ class Engine:
         if encoded:
             calls.append(self._embed_encoded([images[i] for i in encoded],
                                              [fields[i] for i in encoded], deadline))
-        with self._metrics.stage("triton_vision"):
+        with self._stage("triton_vision"):
             parts = await asyncio.gather(*calls)
         embeds = np.empty((len(images), parts[0].shape[1]), dtype=np.float32)
         for rows, part in zip((r for r in (decoded, encoded) if r), parts, strict=True):
@@ -296,9 +300,9 @@ class Engine:
         futures = {t: loop.create_future() for t in texts}
         self._in_progress.update(futures)
         try:
-            with self._metrics.stage("tokenize"):
+            with self._stage("tokenize"):
                 ids, truncated = await self._run(self._tokenizer.encode_checked, texts)
-            with self._metrics.stage("triton_text"):
+            with self._stage("triton_text"):
                 embeds = np.asarray(await self._backend.embed_texts(ids, deadline), np.float32)
             fresh = {t: (e, bool(f)) for t, e, f in zip(texts, embeds, truncated, strict=True)}
             self._cache.put_many([(self.meta.model_id, t) for t in texts], list(embeds),

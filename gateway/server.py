@@ -40,6 +40,8 @@ from gateway.engine import Engine
 from gateway.fetch.client import FetchConfig, Resolver, UrlFetcher
 from gateway.fetch.policy import AllowList
 from gateway.metrics import Metrics
+from gateway.observability.request import Observability
+from gateway.observability.tracing import Tracing
 
 if TYPE_CHECKING:
     from gateway.http.server import HttpServer
@@ -64,8 +66,14 @@ class Bound:
 class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
                  checkpoint: Path | None = None, share_port: bool = False,
-                 url_resolver: Resolver | None = None) -> None:
+                 url_resolver: Resolver | None = None, tracing: Tracing | None = None,
+                 ) -> None:
+        """``tracing``: the process's tracer (its owner shuts it down); None: no tracing."""
         self.settings = settings
+        self.tracing = tracing or Tracing()
+        # Shared by every protocol adapter of this server (request ids, spans, request lines).
+        self.observability = Observability(self.tracing,
+                                           log_requests=settings.request_log == "on")
         # A worker of `serve --processes N`: its siblings listen on the same port.
         self._share_port = share_port
         self.triton_url = triton_url
@@ -105,9 +113,10 @@ class GatewayServer:
             self.triton_url, max_message_bytes=s.max_message_bytes,
             default_timeout_s=s.triton_timeout_s, models=models,
             shm_max_bytes=s.triton_shm_max_bytes if s.shm_enabled() else None,
-            embedding_dim=self.meta.embedding_dim)
+            embedding_dim=self.meta.embedding_dim, tracing=self.tracing)
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
-        backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight)
+        backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight,
+                                     tracing=self.tracing)
                    if s.triton_max_calls_in_flight else self._backend)
         self.fetcher = self._url_fetcher()
         engine = Engine(
@@ -115,11 +124,11 @@ class GatewayServer:
             metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
             request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
             image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes),
-            mode=mode, fetcher=self.fetcher)
+            mode=mode, fetcher=self.fetcher, tracing=self.tracing)
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
-        add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode),
-                      self._server)
+        add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode,
+                                     self.observability), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -140,7 +149,8 @@ class GatewayServer:
             from gateway.http.server import HttpServer
 
             api = HttpApi(engine, self.admission, self.metrics, preprocess_mode=s.preprocess_mode,
-                          max_message_bytes=s.max_message_bytes, auth_token=s.auth_token)
+                          max_message_bytes=s.max_message_bytes, auth_token=s.auth_token,
+                          observability=self.observability)
             self._http = HttpServer(api.app(), s, share_port=self._share_port)
             http_port = await self._http.start()
         metrics_port = None

@@ -1,6 +1,6 @@
 """Session-wide fixtures: a tiny random checkpoint made once per test session, and one
-embedded Triton serving it (shared by every test marked `triton`), and the rendered
-Kubernetes overlays."""
+embedded Triton serving it (shared by every test marked `triton`, with its OpenTelemetry
+tracing on for requests that carry a trace context), and the rendered Kubernetes overlays."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.support.k8s_render import OVERLAYS, Obj, render
 
 if TYPE_CHECKING:
     from gateway.embedded_triton.launcher import EmbeddedTriton
+    from tests.support.otlp import OtlpHttpReceiver
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +28,33 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_triton(tiny_checkpoint: Path) -> Iterator[EmbeddedTriton]:
+def triton_traces() -> Iterator[OtlpHttpReceiver]:
+    """Where the session's embedded Triton exports its OpenTelemetry spans (OTLP/HTTP)."""
+    from tests.support.otlp import OtlpHttpReceiver
+
+    receiver = OtlpHttpReceiver().start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_triton(tiny_checkpoint: Path, triton_traces: OtlpHttpReceiver,
+                    ) -> Iterator[EmbeddedTriton]:
     """ONE real Triton (the repository's model_repository/, the tiny checkpoint) for the whole
     session: starting one costs 30 s to minutes on a small busy CPU machine (each model's
     stub imports torch and transformers). Don't stop or kill it; tests that need to, start
-    their own. Its start-up timeout stays within pytest's 300 s per-test timeout."""
-    from gateway.embedded_triton.launcher import EmbeddedTriton
+    their own. Its start-up timeout stays within pytest's 300 s per-test timeout. Its tracing
+    (SIGLIP_TRITON_TRACE_CONFIG's recommended value, rate=0) traces only requests that carry a
+    W3C trace context, so other tests' requests are not traced."""
+    from gateway.embedded_triton.launcher import EmbeddedTriton, trace_args
 
+    trace_config = ("mode=opentelemetry rate=0 level=TIMESTAMPS count=-1 "
+                    f"opentelemetry,url={triton_traces.url} opentelemetry,bsp_schedule_delay=100")
     triton = EmbeddedTriton(model=str(tiny_checkpoint), startup_timeout_s=270,
-                            logger=logging.getLogger("tests.embedded_triton"))
+                            logger=logging.getLogger("tests.embedded_triton"),
+                            extra_args=trace_args(trace_config))
     triton.start()
     try:
         yield triton

@@ -77,8 +77,9 @@ def to_http_error(exc: BaseException) -> tuple[Status, dict[str, Any]]:
                               "code": status.grpc.name, "param": field}}
 
 
-def to_grpc_status(exc: BaseException) -> grpc.Status:
-    """A rich status: code, safe message and, for bad fields, BadRequest details."""
+def to_grpc_status(exc: BaseException, request_id: str | None = None) -> grpc.Status:
+    """A rich status: code, safe message, for bad fields BadRequest details, and with
+    ``request_id`` a RequestInfo detail naming the request (as in our logs and traces)."""
     code = status_for(exc)
     message = _public_message(exc)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
@@ -87,4 +88,8 @@ def to_grpc_status(exc: BaseException) -> grpc.Status:
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)]))
         status.details.append(detail)
+    if request_id is not None:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.RequestInfo(request_id=request_id))
+        status.details.append(info)
     return rpc_status.to_status(status)

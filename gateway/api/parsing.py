@@ -8,6 +8,7 @@ string field) becomes an ``Undecodable`` that the handler answers, naming the ba
 from __future__ import annotations
 
 import collections
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,9 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from gateway.core.errors import InvalidInput
 
 _LENGTH_DELIMITED = 2  # protobuf wire type of strings, bytes and messages
+# Size of the message last parsed in this task: grpc parses a request in the task that then
+# runs its handler (a stream's messages: in the task that reads them).
+_parsed_bytes: contextvars.ContextVar[int] = contextvars.ContextVar("parsed_bytes", default=0)
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,14 @@ def raise_if_undecodable(request: Any, field: str) -> None:
         "(string fields must be valid UTF-8)", field=field)
 
 
+def parsed_bytes() -> int:
+    """Bytes on the wire of the request (or stream message) this task parsed last."""
+    return _parsed_bytes.get()
+
+
 def parser(message_cls: type) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
+        _parsed_bytes.set(len(data))
         try:
             return message_cls.FromString(data)
         except DecodeError as exc:

@@ -1,6 +1,7 @@
 """The SiglipService servicer: converts, calls the engine, converts back. Nothing else.
 
-Every RPC goes through ``_observed`` (metrics, errors mapped to gRPC statuses) and holds an
+Every RPC goes through ``_observed`` (metrics, errors mapped to gRPC statuses, the request's
+scope: request id, span, log line; gateway/observability/request.py) and holds an
 admission slot (the in-flight bound). Requests are parsed by ``parsing.parser`` instead of grpc's
 deserializer so that a malformed message (e.g. invalid UTF-8 in a string field) is
 the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
@@ -20,11 +21,12 @@ import grpc
 from gateway.admission import Admission
 from gateway.api import convert
 from gateway.api.errors import to_grpc_status
-from gateway.api.parsing import parser, raise_if_undecodable
+from gateway.api.parsing import parsed_bytes, parser, raise_if_undecodable
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
 from gateway.core.types import Embedded, EmbedItem
 from gateway.engine import Engine, deadline_from
 from gateway.metrics import Metrics
+from gateway.observability.request import REQUEST_ID_HEADER, Observability, RequestScope
 from siglip.v1 import siglip_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -32,15 +34,21 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SiglipService"].full_name
 # Messages of one EmbedStream processed concurrently; responses still leave in order.
 STREAM_WINDOW = 4
+# Failures of the server's side, not the caller's: the request's span is marked ERROR.
+SERVER_ERRORS = frozenset({
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.DATA_LOSS})
 
 
 class SiglipServicer:
     def __init__(self, engine: Engine, admission: Admission, metrics: Metrics,
-                 preprocess_mode: str) -> None:
+                 preprocess_mode: str, observability: Observability | None = None) -> None:
         self._engine = engine
         self._admission = admission
         self._metrics = metrics
         self._preprocess_mode = preprocess_mode
+        self._observability = observability or Observability()
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext,
                        ) -> pb.ClassifyResponse:
@@ -87,9 +95,10 @@ class SiglipServicer:
                           ) -> AsyncIterator[pb.EmbedStreamResponse]:
         """Up to STREAM_WINDOW messages in work at once; responses in request order."""
         pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(STREAM_WINDOW)
-        async with self._observed("EmbedStream", context):
+        async with self._observed("EmbedStream", context) as scope:
             with self._admission.slot():
-                reader = asyncio.create_task(self._read_stream(requests, context, pending))
+                reader = asyncio.create_task(
+                    self._read_stream(requests, context, pending, scope))
                 try:
                     while (task := await pending.get()) is not None:
                         result, dtype = await task
@@ -102,11 +111,12 @@ class SiglipServicer:
                             task.cancel()
 
     async def _read_stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
-                           pending: asyncio.Queue) -> None:
+                           pending: asyncio.Queue, scope: RequestScope) -> None:
         deadline = deadline_from(context.time_remaining())
         index = 0
         try:
             async for request in requests:
+                _count_inputs(scope, request)
                 raise_if_undecodable(request, f"stream message {index}")
                 items = convert.embed_items_from_pb(request.inputs)
                 await pending.put(asyncio.create_task(self._embed_message(request, items,
@@ -129,31 +139,56 @@ class SiglipServicer:
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext,
                     run: Callable[[], Awaitable[Any]]) -> Any:
-        async with self._observed(method, context):
+        async with self._observed(method, context) as scope:
+            _count_inputs(scope, request)
             raise_if_undecodable(request, "request")
             with self._admission.slot():
                 return await run()
 
     @contextlib.asynccontextmanager
     async def _observed(self, method: str, context: grpc.aio.ServicerContext,
-                        ) -> AsyncIterator[None]:
-        """Metrics for one RPC, and every failure turned into its gRPC status."""
+                        ) -> AsyncIterator[RequestScope]:
+        """Metrics and the request's scope for one RPC, and every failure turned into its gRPC
+        status. The request id goes back in trailing metadata (``x-request-id``), and in a
+        failure's ``google.rpc.RequestInfo`` detail."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK
-        try:
-            yield
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            status = to_grpc_status(exc)
-            code = status.code
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        finally:
-            self._finish(method, code, start)
+        headers = dict(context.invocation_metadata() or ())
+        with self._observability.request("grpc", method, headers,
+                                         span_name=f"{SERVICE_NAME}/{method}",
+                                         attributes={"rpc.system": "grpc",
+                                                     "rpc.service": SERVICE_NAME}) as scope:
+            echo = ((REQUEST_ID_HEADER, scope.request_id),)
+            context.set_trailing_metadata(echo)
+            try:
+                yield scope
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                status = to_grpc_status(exc, request_id=scope.request_id)
+                code = status.code
+                await context.abort(status.code, status.details,
+                                    (*status.trailing_metadata, *echo))
+            finally:
+                scope.set_status(code.name, server_error=code in SERVER_ERRORS)
+                self._finish(method, code, start)
 
     def _finish(self, method: str, code: grpc.StatusCode, start: float) -> None:
         self._metrics.request_done(method, "grpc", code.name, time.perf_counter() - start)
+
+
+def _count_inputs(scope: RequestScope, request: Any) -> None:
+    """Images, texts and wire bytes of a request or stream message: counts, never content."""
+    nbytes = parsed_bytes()
+    if isinstance(request, (pb.ClassifyRequest, pb.ScoreRequest)):
+        texts = request.labels if isinstance(request, pb.ClassifyRequest) else request.texts
+        scope.add_inputs(len(request.images), len(texts), nbytes)
+    elif isinstance(request, (pb.EmbedRequest, pb.EmbedStreamRequest)):
+        kinds = [item.WhichOneof("input") for item in request.inputs]
+        scope.add_inputs(kinds.count("image"), kinds.count("text"), nbytes)
+    else:
+        scope.add_inputs(nbytes=nbytes)
 
 
 def add_to_server(servicer: SiglipServicer, server: grpc.aio.Server) -> None:

@@ -25,6 +25,9 @@ wraps ``TritonBackend`` and keeps, per model, at most K calls in flight:
   error (``Overloaded`` for RESOURCE_EXHAUSTED, ``BackendUnavailable``, ``DeadlineExceeded``,
   ``BackendError``) goes to exactly the callers in that call.
 
+- **Traces.** A call's span (tracing on) is a child of its first caller's span, with span
+  links to the other callers', so each request's trace leads to the call that carried its rows.
+
 K = 0 (``SIGLIP_TRITON_MAX_CALLS_IN_FLIGHT``) turns this off: the server then hands the engine
 ``TritonBackend`` itself. The engine's single-flight of texts sits above this and is unchanged.
 """
@@ -35,21 +38,22 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from gateway.contract import ENCODED_MODEL, MAX_ROWS, TEXT_MODEL, VISION_MODEL
 from gateway.core.errors import BackendError, BackendRejected, DeadlineExceeded, GatewayError
+from gateway.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
 class ChunkBackend(Protocol):
-    def infer_chunk(self, model: str, array: np.ndarray,
-                    deadline: float | None) -> Awaitable[np.ndarray]: ...
+    def infer_chunk(self, model: str, array: np.ndarray, deadline: float | None,
+                    links: Sequence[Any] = ()) -> Awaitable[np.ndarray]: ...
 
 
 @dataclass(eq=False)
@@ -59,6 +63,7 @@ class _Entry:
     rows: np.ndarray
     deadline: float | None
     future: asyncio.Future[np.ndarray]
+    trace: Any = None  # the caller's traced context (None: tracing off)
 
 
 @dataclass(eq=False)
@@ -82,10 +87,11 @@ class CoalescingBackend:
     callers' rows into at most ``max_calls_in_flight`` Triton calls per model."""
 
     def __init__(self, backend: ChunkBackend, max_calls_in_flight: int,
-                 max_rows: Mapping[str, int] = MAX_ROWS) -> None:
+                 max_rows: Mapping[str, int] = MAX_ROWS, tracing: Tracing | None = None) -> None:
         if max_calls_in_flight < 1:
             raise ValueError("max_calls_in_flight must be at least 1")
         self._backend = backend
+        self._tracing = tracing or Tracing()
         self._k = max_calls_in_flight
         self._lanes = {model: _Lane(rows) for model, rows in max_rows.items()}
 
@@ -105,7 +111,8 @@ class CoalescingBackend:
         """One caller's rows → their embeddings, in order; raises the error of its own call."""
         lane = self._lanes[model]
         loop = asyncio.get_running_loop()
-        entries = [_Entry(array[i:i + lane.max_rows], deadline, loop.create_future())
+        trace = self._tracing.capture()
+        entries = [_Entry(array[i:i + lane.max_rows], deadline, loop.create_future(), trace)
                    for i in range(0, len(array), lane.max_rows)]
         lane.queue.extend(entries)
         self._pump(lane, model)
@@ -153,7 +160,12 @@ class CoalescingBackend:
         deadlines = [e.deadline for e in entries]
         deadline = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
         try:
-            out = await self._backend.infer_chunk(model, array, deadline)
+            if entries[0].trace is None:
+                out = await self._backend.infer_chunk(model, array, deadline)
+            else:
+                with self._tracing.activate(entries[0].trace):
+                    out = await self._backend.infer_chunk(
+                        model, array, deadline, [e.trace for e in entries[1:]])
         except BackendRejected as exc:
             if len(entries) == 1:
                 _fail(entries, exc)

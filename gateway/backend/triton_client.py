@@ -4,7 +4,8 @@ One ``tritonclient.grpc.aio`` client per process, reused by every request. Tenso
 out as uint8 pixels and int64 token ids; embeddings come back as float32. With a Triton on
 this host they travel through system shared memory (``shm.py``), else inside the gRPC
 messages; JPEG bytes (BYTES) always go over gRPC. Triton's errors are parsed once, here,
-into the gateway's typed errors.
+into the gateway's typed errors. With tracing on, each call is a CLIENT span whose W3C trace
+context goes to Triton as gRPC metadata (gateway/observability/tracing.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
@@ -35,6 +38,7 @@ from gateway.core.errors import (
     GatewayError,
     Overloaded,
 )
+from gateway.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,11 @@ class TritonBackend:
 
     def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float,
                  models: tuple[str, ...] = TOWER_MODELS, shm_max_bytes: int | None = None,
-                 embedding_dim: int | None = None) -> None:
+                 embedding_dim: int | None = None, tracing: Tracing | None = None) -> None:
         """``shm_max_bytes`` (with ``embedding_dim``): move tensors through up to that many
         bytes of shared memory; None: inside the gRPC messages."""
         self.url = url
+        self._tracing = tracing or Tracing()
         self.models = models  # what ready() requires
         self._default_timeout_s = default_timeout_s
         self._client = triton_aio.InferenceServerClient(
@@ -115,11 +120,20 @@ class TritonBackend:
         stats = await self._client.get_inference_statistics(model, as_json=True)
         return stats["model_stats"][0]
 
-    async def infer_chunk(self, model: str, array: np.ndarray,
-                          deadline: float | None) -> np.ndarray:
-        """One Triton call of at most ``MAX_ROWS[model]`` rows (what the coalescer sends)."""
+    async def infer_chunk(self, model: str, array: np.ndarray, deadline: float | None,
+                          links: Sequence[Any] = ()) -> np.ndarray:
+        """One Triton call of at most ``MAX_ROWS[model]`` rows (what the coalescer sends).
+        ``links``: traced contexts of the other requests whose rows ride in this call."""
         input_name, datatype, output_name = TENSORS[model]
-        return await self._infer_chunk(model, input_name, output_name, array, datatype, deadline)
+        if not self._tracing.enabled:
+            return await self._infer_chunk(model, input_name, output_name, array, datatype,
+                                           deadline, None)
+        attributes = {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+                      "rpc.method": "ModelInfer", "triton.model": model, "triton.rows": len(array),
+                      "triton.requests": 1 + len(links)}
+        with self._tracing.client_call(f"triton {model}", attributes, links) as headers:
+            return await self._infer_chunk(model, input_name, output_name, array, datatype,
+                                           deadline, headers)
 
     async def _infer(self, model: str, array: np.ndarray, deadline: float | None) -> np.ndarray:
         step = MAX_ROWS[model]
@@ -128,7 +142,8 @@ class TritonBackend:
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     async def _infer_chunk(self, model: str, input_name: str, output_name: str,
-                           array: np.ndarray, datatype: str, deadline: float | None) -> np.ndarray:
+                           array: np.ndarray, datatype: str, deadline: float | None,
+                           headers: dict[str, str] | None) -> np.ndarray:
         if self.shm is not None and datatype != "BYTES":
             in_row = array.nbytes // max(1, len(array))
             for _ in range(2):
@@ -137,7 +152,7 @@ class TritonBackend:
                     break
                 try:
                     return await self._infer_shm(model, input_name, output_name, array,
-                                                 datatype, deadline, region)
+                                                 datatype, deadline, region, headers)
                 except _RegionUnknown:
                     # Triton restarted and forgot every registration: register afresh, once.
                     self.shm.forget()
@@ -147,7 +162,7 @@ class TritonBackend:
         try:
             result = await self._client.infer(
                 model, [tensor], outputs=[InferRequestedOutput(output_name)],
-                client_timeout=timeout_s)
+                client_timeout=timeout_s, headers=headers)
         except InferenceServerException as exc:
             raise _translate(exc, model) from None
         out = result.as_numpy(output_name)
@@ -157,7 +172,7 @@ class TritonBackend:
 
     async def _infer_shm(self, model: str, input_name: str, output_name: str,
                          array: np.ndarray, datatype: str, deadline: float | None,
-                         region: Region) -> np.ndarray:
+                         region: Region, headers: dict[str, str] | None) -> np.ndarray:
         """One call with input and output in ``region``, which goes back to the pool on every
         path; reusable only if Triton answered (see shm.py for why)."""
         assert self.shm is not None
@@ -173,7 +188,7 @@ class TritonBackend:
             reusable = False
             try:
                 result = await self._client.infer(model, [tensor], outputs=[output],
-                                                  client_timeout=timeout_s)
+                                                  client_timeout=timeout_s, headers=headers)
             except InferenceServerException as exc:
                 reusable = answered_by_triton(exc)
                 if region_unknown(exc):

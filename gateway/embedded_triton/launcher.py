@@ -36,7 +36,7 @@ from gateway.embedded_triton.ports import PortUnavailable, TritonPorts, pick_por
 from gateway.embedded_triton.tritonlog import TritonLog
 
 __all__ = ["MODELS", "CpuThreading", "EmbeddedTriton", "TritonPorts", "TritonStartupError",
-           "TritonState", "default_model_repository"]
+           "TritonState", "default_model_repository", "trace_args"]
 
 MODELS = TOWER_MODELS
 # Set in Triton's environment (so in its stubs' too): tells our processes from any other.
@@ -48,6 +48,13 @@ _STABLE_S = 60.0  # a run ready this long resets the restart backoff
 
 def default_model_repository() -> Path:
     return Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def trace_args(trace_config: str) -> list[str]:
+    """SIGLIP_TRITON_TRACE_CONFIG (``--trace-config`` values separated by spaces, e.g.
+    ``mode=opentelemetry rate=0 level=TIMESTAMPS opentelemetry,url=http://c:4318/v1/traces``)
+    as tritonserver arguments."""
+    return [arg for value in trace_config.split() for arg in ("--trace-config", value)]
 
 
 class TritonState(str, enum.Enum):

@@ -29,6 +29,7 @@ from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
 from gateway.engine import Engine
 from gateway.http import convert, openai_api, openapi
 from gateway.metrics import Metrics
+from gateway.observability.request import REQUEST_ID_HEADER, Observability
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Seconds the caller gives the request; the openai client sends its own timeout as
@@ -54,8 +55,10 @@ def dumps(payload: Any) -> bytes:
 class HttpApi:
     def __init__(self, engine: Engine, admission: Admission, metrics: Metrics, *,
                  preprocess_mode: str, max_message_bytes: int, auth_token: str = "",
-                 static_dir: Path = STATIC_DIR, version: str = "1") -> None:
+                 static_dir: Path = STATIC_DIR, version: str = "1",
+                 observability: Observability | None = None) -> None:
         self._engine = engine
+        self._observability = observability or Observability()
         self._admission = admission
         self._metrics = metrics
         self._preprocess_mode = preprocess_mode
@@ -121,23 +124,36 @@ class HttpApi:
                     body: bool) -> Response:
         start = time.perf_counter()
         code = "OK"
-        try:
-            self._authorize(request)
-            payload = _parse_json(await self._read(request)) if body else None
-            deadline = _deadline(request)
-            with self._admission.slot():
-                result = await handler(payload, deadline)
-            return Response(dumps(result), media_type=JSON_TYPE)
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as exc:
-            status, error = to_http_error(exc)
-            code = status.grpc.name
-            headers = {"WWW-Authenticate": "Bearer"} if status.http == 401 else None
-            return Response(dumps(error), status.http, headers, media_type=JSON_TYPE)
-        finally:
-            self._metrics.request_done(method, "http", code, time.perf_counter() - start)
+        with self._observability.request(
+                "http", method, request.headers,
+                span_name=f"{request.method} {request.url.path}",
+                attributes={"http.request.method": request.method,
+                            "url.path": request.url.path}) as scope:
+            echo = {REQUEST_ID_HEADER: scope.request_id}
+            try:
+                self._authorize(request)
+                raw = await self._read(request) if body else b""
+                payload = _parse_json(raw) if body else None
+                scope.add_inputs(*_input_counts(payload), nbytes=len(raw))
+                deadline = _deadline(request)
+                with self._admission.slot():
+                    result = await handler(payload, deadline)
+                scope.set_status("200")
+                return Response(dumps(result), headers=echo, media_type=JSON_TYPE)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                scope.set_status(code)
+                raise
+            except Exception as exc:
+                status, error = to_http_error(exc)
+                code = status.grpc.name
+                error["error"]["request_id"] = scope.request_id
+                scope.set_status(str(status.http), server_error=status.http >= 500)
+                if status.http == 401:
+                    echo["WWW-Authenticate"] = "Bearer"
+                return Response(dumps(error), status.http, echo, media_type=JSON_TYPE)
+            finally:
+                self._metrics.request_done(method, "http", code, time.perf_counter() - start)
 
     def _authorize(self, request: Request) -> None:
         if self._expected is None:
@@ -169,6 +185,28 @@ class HttpApi:
         if not index.is_file():
             raise HTTPException(404, "no page installed (gateway/http/static/index.html)")
         return FileResponse(index)
+
+
+def _input_counts(payload: Any) -> tuple[int, int]:
+    """Images and texts a body asks for (counts for the request's log line and span; a body
+    the converters will refuse counts what it seems to hold)."""
+    if not isinstance(payload, dict):
+        return 0, 0
+    images, texts = payload.get("images"), payload.get("labels", payload.get("texts"))
+    n_images = len(images) if isinstance(images, list) else 0
+    n_texts = len(texts) if isinstance(texts, list) else 0
+    inputs = payload.get("inputs")
+    if isinstance(inputs, list):
+        kinds = [next(iter(i), None) if isinstance(i, dict) else None for i in inputs]
+        n_images, n_texts = kinds.count("image"), kinds.count("text")
+    given = payload.get("input")  # OpenAI's embeddings
+    if given is not None:
+        count = len(given) if isinstance(given, list) else 1
+        if payload.get("modality") == "image":
+            n_images = count
+        else:
+            n_texts = count
+    return n_images, n_texts
 
 
 def _parse_json(raw: bytes) -> Any:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from gateway.config import Settings
+from gateway.observability.logs import configure_logging
 
 SPEC_ENV = "SIGLIP_GATEWAY_WORKER_SPEC"
 LISTENING, READY = "listening", "ready"
@@ -58,10 +59,10 @@ def main() -> int:
               "--processes N` instead", file=sys.stderr)
         return 2
     spec = WorkerSpec.decode(raw)
-    logging.basicConfig(
-        level=spec.settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s [worker {spec.index} pid %(process)d]: "
-               "%(message)s")
+    configure_logging(
+        spec.settings.log_level, spec.settings.log_format,
+        text_format=f"%(asctime)s %(levelname)s %(name)s [worker {spec.index} pid "
+                    "%(process)d]: %(message)s", fields={"worker": spec.index, "pid": os.getpid()})
     status = os.fdopen(spec.status_fd, "w", buffering=1)
     try:
         return asyncio.run(_serve(spec, status))
@@ -75,12 +76,15 @@ def main() -> int:
 
 async def _serve(spec: WorkerSpec, status: IO[str]) -> int:
     from gateway.app import _import_transformers_without_torch
+    from gateway.observability.tracing import Tracing, TracingConfig
     from gateway.server import GatewayServer
 
     _import_transformers_without_torch()
     settings = spec.settings
+    # Each worker exports its own spans; the parent checked these settings at start-up.
+    tracing = Tracing.start(TracingConfig.from_env(os.environ))
     server = GatewayServer(settings, settings.triton_url, checkpoint=Path(spec.checkpoint),
-                           share_port=True)
+                           share_port=True, tracing=tracing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,6 +96,7 @@ async def _serve(spec: WorkerSpec, status: IO[str]) -> int:
     await stop.wait()
     ready.cancel()
     await server.shutdown()
+    tracing.shutdown()
     return 0
 
 

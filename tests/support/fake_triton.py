@@ -46,6 +46,8 @@ class CallRecord:
     rows: int
     # The first input value of each row: tests tag rows with it to see whose rows a call held.
     tags: tuple[int, ...] = ()
+    # The call's gRPC metadata (e.g. the W3C ``traceparent`` the gateway sends).
+    metadata: tuple[tuple[str, str | bytes], ...] = ()
 
 
 class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
@@ -84,7 +86,8 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
         rows = int(tensor.shape[0])
         array = np.frombuffer(request.raw_input_contents[0], dtype=_NP_DTYPES[dtype])
         array = array.reshape(rows, *row_shape)
-        record = CallRecord(model, rows, tuple(int(v) for v in array.reshape(rows, -1)[:, 0]))
+        record = CallRecord(model, rows, tuple(int(v) for v in array.reshape(rows, -1)[:, 0]),
+                            tuple(tuple(m) for m in context.invocation_metadata() or ()))
         fake.calls[model] += 1
         fake.received.append(record)
         fake.in_progress += 1

@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.client import ClientTLS, SiglipClient
 from gateway.config import Settings
+from gateway.observability.tracing import Tracing
 from gateway.server import GatewayServer
 from siglip.v1 import siglip_pb2 as pb
 
@@ -108,10 +109,11 @@ class InProcessGateway:
 @contextlib.asynccontextmanager
 async def running_gateway(checkpoint: Path | str, triton_url: str, *, wait_ready: bool = True,
                           ready_timeout_s: float = 15.0, shutdown_grace_s: float = 0.5,
+                          tracing: Tracing | None = None,
                           **overrides: object) -> AsyncIterator[InProcessGateway]:
     """A GatewayServer in this process and event loop, ready (Triton seen) unless told not."""
     settings = gateway_settings(checkpoint, triton_url, **overrides)
-    server = GatewayServer(settings, triton_url)
+    server = GatewayServer(settings, triton_url, tracing=tracing)
     bound = await server.start()
     try:
         if wait_ready:
