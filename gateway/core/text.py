@@ -1,9 +1,11 @@
 """Text side: prompt templates and tokenization to the text tower's fixed-length input_ids.
 
-Tokenization is SigLIP's own SentencePiece tokenizer (``SiglipTokenizer``, the slow Python one:
-there is no fast variant), called with the reference's arguments, so ``encode`` equals
-``SiglipProcessor(text=..., padding="max_length", max_length=64, truncation=True)["input_ids"]``.
-The tokenizer lower-cases and strips punctuation itself; nothing is normalized here.
+Tokenization is the checkpoint's own tokenizer (``AutoTokenizer``: ``SiglipTokenizer``, the slow
+SentencePiece one, for SigLIP; the Gemma tokenizer for SigLIP 2), called with the reference's
+arguments, so ``encode`` equals ``processor(text=..., padding="max_length",
+max_length=text_length, truncation=True)["input_ids"]``. SiglipTokenizer lower-cases and strips
+punctuation itself; for SigLIP 2, whose tokenizer does not lower-case although the model was
+trained on lower-cased text, ``lowercase`` applies ``str.lower`` first (gateway/core/families.py).
 
 Thread safety: ``encode`` may be called from several threads at once. SiglipTokenizer keeps no
 per-call state (transformers 4.57: the only shared write is a "warn once" dict) and
@@ -14,13 +16,14 @@ add no throughput.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gateway.contract import TEXT_LENGTH
 from gateway.core.errors import InvalidInput
 
 DEFAULT_PROMPT_TEMPLATE = "This is a photo of {}."
@@ -30,17 +33,29 @@ PLACEHOLDER = "{}"
 class TextTokenizer:
     """Texts -> int64 input_ids (N, text_length), padded and truncated as the reference does."""
 
-    def __init__(self, tokenizer: Any, *, text_length: int = TEXT_LENGTH) -> None:
+    def __init__(self, tokenizer: Any, *, text_length: int, lowercase: bool = False) -> None:
         self._tokenizer = tokenizer
         self._text_length = text_length
+        self._lowercase = lowercase
+        # A fast (Rust) tokenizer sets padding and truncation on its one shared backend at
+        # every call; two threads doing so at once fail ("Already borrowed"): one at a time.
+        self._lock = threading.Lock() if getattr(tokenizer, "is_fast", False) else None
 
     @classmethod
-    def from_pretrained(cls, path: Path, *, text_length: int = TEXT_LENGTH) -> TextTokenizer:
-        """Load the tokenizer from a checkpoint directory (spiece.model + tokenizer_config.json)."""
+    def from_pretrained(cls, path: Path, *, text_length: int,
+                        lowercase: bool = False) -> TextTokenizer:
+        """Load the checkpoint directory's tokenizer (the class its tokenizer_config.json names)."""
         # Lazy: transformers is heavy to import, and only this constructor needs it.
-        from transformers import SiglipTokenizer
+        from transformers import AutoTokenizer
 
-        return cls(SiglipTokenizer.from_pretrained(str(path)), text_length=text_length)
+        return cls(AutoTokenizer.from_pretrained(str(path)), text_length=text_length,
+                   lowercase=lowercase)
+
+    @classmethod
+    def for_model(cls, meta: Any) -> TextTokenizer:
+        """The tokenizer of a ``ModelMeta``, with its text length and lowercasing."""
+        return cls.from_pretrained(meta.path, text_length=meta.text.length,
+                                   lowercase=meta.text.lowercase)
 
     @property
     def text_length(self) -> int:
@@ -49,8 +64,10 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self._text_length), dtype=np.int64)
-        ids = self._tokenizer(list(texts), padding="max_length", max_length=self._text_length,
-                              truncation=True, return_attention_mask=False)["input_ids"]
+        texts = [t.lower() for t in texts] if self._lowercase else list(texts)
+        with self._lock or contextlib.nullcontext():
+            ids = self._tokenizer(texts, padding="max_length", max_length=self._text_length,
+                                  truncation=True, return_attention_mask=False)["input_ids"]
         out = np.asarray(ids, dtype=np.int64)
         if out.shape != (len(texts), self._text_length):
             raise RuntimeError(f"tokenizer returned shape {out.shape}, expected "
