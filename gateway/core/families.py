@@ -67,7 +67,8 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class TextSpec:
-    """Texts -> input_ids: this tokenizer, padded/truncated to `length`, lower-cased first if set."""
+    """Texts -> input_ids: this tokenizer, padded and truncated to `length` (str.lower first
+    when `lowercase`)."""
 
     tokenizer_class: str
     length: int

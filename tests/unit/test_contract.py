@@ -14,7 +14,6 @@ from gateway.contract import (
     INPUT_DIMS,
     MAX_ROWS,
     TENSORS,
-    TEXT_MODEL,
     TOWER_MODELS,
     VISION_MODEL,
 )
@@ -41,7 +40,8 @@ def test_config_states_the_contract(repository: str, model: str) -> None:
     assert config.name == model
     assert config.max_batch_size == MAX_ROWS[model]
     assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims))
-            for i in config.input] == [(input_name, CONFIG_TYPES[datatype], list(INPUT_DIMS[model]))]
+            for i in config.input] == [
+        (input_name, CONFIG_TYPES[datatype], list(INPUT_DIMS[model]))]
     assert [(o.name, model_config_pb2.DataType.Name(o.data_type)) for o in config.output] == [
         (output_name, "TYPE_FP32")]
 

@@ -252,7 +252,7 @@ class TritonPythonModel:
         checkpoint = _param(config, "model") or os.environ.get("SIGLIP_MODEL") or DEFAULT_MODEL
         size, mode = _checkpoint_resize(checkpoint)
         dims = (size, size, 3)
-        if any(c not in (-1, d) for c, d in zip(config_dims, dims)):
+        if any(c not in (-1, d) for c, d in zip(config_dims, dims, strict=True)):
             raise ValueError(f"{OUTPUT} dims {list(config_dims)} cannot take the checkpoint's "
                              f"{list(dims)}")
         in_config = pb_utils.get_input_config_by_name(config, INPUT)

@@ -185,7 +185,7 @@ class BatchRunner:
 def _row_shape(config_dims, checkpoint_shape, name):
     """The checkpoint's row shape, if the config's dims allow it (-1 = any)."""
     if len(config_dims) != len(checkpoint_shape) or any(
-            c not in (-1, s) for c, s in zip(config_dims, checkpoint_shape)):
+            c not in (-1, s) for c, s in zip(config_dims, checkpoint_shape, strict=True)):
         raise ValueError(f"{name} dims {list(config_dims)} cannot take the checkpoint's "
                          f"{list(checkpoint_shape)}")
     return tuple(checkpoint_shape)
