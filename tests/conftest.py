@@ -27,6 +27,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """name -> a tiny random checkpoint of that family (tests/support/families.py), each made
+    once per session, on first use."""
+    from tests.support.families import make
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = make(tmp_path_factory.mktemp(f"ckpt-{name}"), name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def embedded_triton(tiny_checkpoint: Path) -> Iterator[EmbeddedTriton]:
     """ONE real Triton (the repository's model_repository/, the tiny checkpoint) for the whole
     session: starting one costs 30 s to minutes on a small busy CPU machine (each model's
