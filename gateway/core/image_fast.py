@@ -2,8 +2,9 @@
 
 Owns ``decode_and_resize_fast``, the opt-in (per server) alternative to the exact
 reference recipe (``load_image`` semantics: ``ImageOps.exif_transpose`` +
-``convert("RGB")``, then PIL bicubic to ``size`` x ``size``). The result is close to
-the exact one, not pixel-identical: 41-50 dB PSNR on photo-like images (the worst at
+``convert("RGB")``, then PIL resize to ``size`` x ``size`` with the checkpoint's filter,
+bicubic for SigLIP, bilinear for SigLIP 2). The result is close to the exact one, not
+pixel-identical (measured for bicubic): 41-50 dB PSNR on photo-like images (the worst at
 640x480), ~34 dB on noise-like ones such as dithered bitmaps; ``python -m
 bench.preprocess_bench`` measures it. Images that fit inside the target (both sides
 <= ``size``) take the exact recipe and come out pixel-identical: it is cheap there.
