@@ -221,6 +221,18 @@ def test_base_architecture_has_203m_parameters() -> None:
         768, 12, 3072)
 
 
+def test_so400m_architecture_is_so400m_patch14_384() -> None:
+    """google/siglip-so400m-patch14-384: ~878M parameters, patch 14 at 384 px, 64 tokens."""
+    with torch.device("meta"):
+        model = SiglipModel(checkpoint.arch_config("so400m"))
+    n = sum(p.numel() for p in model.parameters())
+    assert 877.5e6 < n < 878.5e6, n
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (vision.image_size, vision.patch_size, text.max_position_embeddings) == (384, 14, 64)
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size) == (
+        1152, 27, 4304)
+
+
 _OTHER_MAJOR = """
 import json, sys
 import torch, transformers
