@@ -38,7 +38,7 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
-    Workload("embed_raw", "Embed, 1 RawImage 256x256 RGB per request", "images", 1, 1, 0),
+    Workload("embed_raw", "Embed, 1 RawImage SxS (the model size) per request", "images", 1, 1, 0),
     Workload("embed_jpeg", "Embed, 1 JPEG 640x480 per request", "images", 1, 1, 0),
     Workload("embed_jpeg8", f"Embed, {EMBED_JPEG8_IMAGES} JPEG 640x480 per request", "images",
              EMBED_JPEG8_IMAGES, EMBED_JPEG8_IMAGES, 0),
