@@ -42,6 +42,8 @@ from serving_report import evaluate_targets, machine, ratios, table  # noqa: E40
 from serving_runner import is_remote, run_cells, served_mode  # noqa: E402
 from serving_workloads import JPEG_WORKLOADS, WORKLOADS, Payloads  # noqa: E402
 
+from gateway.core.model_meta import load_model_meta  # noqa: E402
+
 MODES = ("ceiling", "direct", "served", "served_http", "naive", "pillow")
 ALL_MODES = ("ceiling", "ceiling_compiled", "direct", "served", "served_http", "served_shm",
              "naive", "pillow")
@@ -146,7 +148,7 @@ def apply_defaults(args: argparse.Namespace, size: str) -> None:
 def checkpoint_size(path: Path) -> str:
     cfg = json.loads((path / "config.json").read_text())
     hidden = cfg.get("vision_config", {}).get("hidden_size")
-    return {32: "tiny", 768: "base"}.get(hidden, f"hidden_size={hidden}")
+    return {32: "tiny", 768: "base", 1152: "so400m"}.get(hidden, f"hidden_size={hidden}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     size = checkpoint_size(checkpoint)
     apply_defaults(args, size)
     cfg = json.loads((checkpoint / "config.json").read_text())
-    payloads = Payloads.make(jpegs=bool(JPEG_WORKLOADS & set(args.workload_list)))
+    payloads = Payloads.make(jpegs=bool(JPEG_WORKLOADS & set(args.workload_list)),
+                             size=load_model_meta(str(checkpoint)).image_size)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="serving-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {

@@ -28,8 +28,6 @@ from typing import Any
 import numpy as np
 from serving_workloads import CLASSIFY_LABELS, Payloads, UniqueTexts, Workload
 
-from gateway.contract import TEXT_LENGTH
-
 TEMPLATE = "This is a photo of {}."
 
 
@@ -49,7 +47,7 @@ def _sync(device: str) -> None:
 class Ceiling:
     def __init__(self, checkpoint: Path, device: str, *, compile_mode: str | None = None) -> None:
         import torch
-        from transformers import SiglipTextModel, SiglipTokenizer, SiglipVisionModel
+        from transformers import AutoTokenizer, SiglipTextModel, SiglipVisionModel
 
         from gateway.core.model_meta import load_model_meta
 
@@ -64,8 +62,9 @@ class Ceiling:
             self.text = torch.compile(self.text, mode=compile_mode, dynamic=False)
         # CUDA graph outputs are reused by the next replay: each call starts a new step.
         self.mark_step = compile_mode == "reduce-overhead" and device.startswith("cuda")
-        self.tokenizer = SiglipTokenizer.from_pretrained(checkpoint)
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         meta = load_model_meta(str(checkpoint))
+        self.text_length, self.image_spec = meta.text_length, meta.image
         self.scale, self.bias = float(np.exp(meta.logit_scale)), meta.logit_bias
         self.image_size = self.vision.config.image_size
         with torch.inference_mode():
@@ -73,7 +72,7 @@ class Ceiling:
             self.label_embeds = _normalize(self.text(input_ids=labels).pooler_output.float())
 
     def _ids(self, texts: list[str]) -> Any:
-        ids = self.tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH,
+        ids = self.tokenizer(texts, padding="max_length", max_length=self.text_length,
                              truncation=True, return_tensors="pt")["input_ids"]
         return ids.to(self.device)
 
@@ -82,7 +81,9 @@ class Ceiling:
 
         # The same scaling model.py applies to uint8 pixels, done once, ahead of time.
         x = torch.from_numpy(payloads.raw.copy()).permute(2, 0, 1).float()
-        x = x.div(255).sub(0.5).div(0.5)
+        spec = self.image_spec
+        mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+        x = x.mul(spec.rescale_factor).sub(mean).div(std)
         return x.unsqueeze(0).repeat(rows, 1, 1, 1).to(self.device, self.dtype).contiguous()
 
     def call_for(self, workload: Workload, batch: int, payloads: Payloads,
@@ -126,6 +127,9 @@ class Naive:
         self.processor = SiglipProcessor.from_pretrained(checkpoint)
         self.pipe = pipeline("zero-shot-image-classification", model=str(checkpoint),
                              device=device)
+        from gateway.core.model_meta import load_model_meta
+
+        self.text_length = load_model_meta(str(checkpoint)).text_length
 
     def call_for(self, workload: Workload, payloads: Payloads,
                  texts: UniqueTexts) -> Callable[[], object]:
@@ -133,13 +137,14 @@ class Naive:
         from PIL import Image
 
         model, processor, device = self.model, self.processor, self.device
+        text_length = self.text_length
 
         def image_features(images: list[Image.Image]) -> Any:
             pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
             return _normalize(_features(model.get_image_features(pixel_values=pixels)))
 
         def text_features(batch: list[str]) -> Any:
-            ids = processor(text=batch, padding="max_length", max_length=TEXT_LENGTH,
+            ids = processor(text=batch, padding="max_length", max_length=text_length,
                             truncation=True, return_tensors="pt")["input_ids"].to(device)
             return _normalize(_features(model.get_text_features(input_ids=ids)))
 
@@ -173,11 +178,11 @@ class Naive:
 
         labels = list(CLASSIFY_LABELS)
         image = _decode(payloads.jpegs[0])
-        sample = self.pipe.tokenizer(["x"], padding="max_length", max_length=TEXT_LENGTH)
+        sample = self.pipe.tokenizer(["x"], padding="max_length", max_length=self.text_length)
         out = self.pipe(image, candidate_labels=labels)
         got = {d["label"]: d["score"] for d in out}
         inputs = self.processor(text=[TEMPLATE.format(x) for x in labels], images=[image],
-                                padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                                padding="max_length", max_length=self.text_length, truncation=True,
                                 return_tensors="pt")
         with torch.no_grad():
             logits = self.model(input_ids=inputs["input_ids"].to(self.device),

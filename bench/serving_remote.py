@@ -54,10 +54,10 @@ class Direct:
         self.client = triton_aio.InferenceServerClient(triton_url, channel_args=[
             ("grpc.max_send_message_length", 32 * MiB),
             ("grpc.max_receive_message_length", 32 * MiB)])
-        self.tokenizer = TextTokenizer.from_pretrained(checkpoint)
         self.meta = load_model_meta(str(checkpoint))
+        self.tokenizer = TextTokenizer.for_model(self.meta)
         self.pool = pool
-        self.limits = ImageLimits()
+        self.limits = ImageLimits(size=self.meta.image.size, resample=self.meta.image.resample)
 
     async def close(self) -> None:
         await self.client.close()

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.contract import IMAGE_SIZE
-
 JPEG_SIZE = (640, 480)  # width, height
 CLASSIFY_LABELS = (
     "a cat", "a dog", "a bird", "a car", "a truck",
@@ -40,7 +38,7 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
-    Workload("embed_raw", "Embed, 1 RawImage 256x256 RGB per request", "images", 1, 1, 0),
+    Workload("embed_raw", "Embed, 1 RawImage SxS (the model size) per request", "images", 1, 1, 0),
     Workload("embed_jpeg", "Embed, 1 JPEG 640x480 per request", "images", 1, 1, 0),
     Workload("embed_jpeg8", f"Embed, {EMBED_JPEG8_IMAGES} JPEG 640x480 per request", "images",
              EMBED_JPEG8_IMAGES, EMBED_JPEG8_IMAGES, 0),
@@ -82,13 +80,14 @@ def jpeg_bytes(width: int, height: int, seed: int = 0) -> bytes:
 
 @dataclass(frozen=True)
 class Payloads:
-    raw: np.ndarray  # (256, 256, 3) uint8
+    raw: np.ndarray  # (S, S, 3) uint8, S the checkpoint's image side
     jpegs: tuple[bytes, ...]  # 640x480, distinct; a request takes its first images_per_request
 
     @classmethod
-    def make(cls, jpegs: bool = True) -> Payloads:
-        """`jpegs=False` (only raw-image and text workloads) needs no Pillow."""
-        return cls(raw=photo_array(IMAGE_SIZE, IMAGE_SIZE, seed=7),
+    def make(cls, jpegs: bool = True, size: int = 256) -> Payloads:
+        """`jpegs=False` (only raw-image and text workloads) needs no Pillow; `size`: the
+        checkpoint's image side (the raw image needs no resize)."""
+        return cls(raw=photo_array(size, size, seed=7),
                    jpegs=tuple(jpeg_bytes(*JPEG_SIZE, seed=s) for s in range(max(
                        w.images_per_request for w in WORKLOADS.values()))) if jpegs else ())
 

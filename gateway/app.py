@@ -12,6 +12,7 @@ import signal
 import sys
 
 from gateway.config import Settings
+from gateway.core.families import check_approximable
 from gateway.core.model_meta import load_model_meta, resolve_checkpoint
 from gateway.observability.tracing import Tracing, TracingConfig, require_sdk
 from gateway.server import GatewayServer
@@ -36,6 +37,10 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
     if settings.processes == 1:  # with more, the workers tokenize, not this process
         _import_transformers_without_torch()
     checkpoint = await asyncio.to_thread(resolve_checkpoint, settings.model)
+    # Refuse a checkpoint (or a mode) that cannot be served before Triton spends minutes on it.
+    checked = await asyncio.to_thread(load_model_meta, str(checkpoint))
+    if settings.preprocess_mode != "exact":
+        check_approximable(checked.image.resample, settings.preprocess_mode)
     triton = None
     triton_url = settings.triton_url
     if not triton_url:
@@ -104,7 +109,7 @@ def _import_transformers_without_torch() -> None:
     os.environ.update(temporary)
     try:
         import transformers  # noqa: F401
-        from transformers import SiglipTokenizer  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
     finally:
         for name, value in previous.items():
             if value is None:

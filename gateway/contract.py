@@ -1,7 +1,7 @@
 """The tensor contract between the gateway and Triton's SigLIP models.
 
-Model names, tensor names and datatypes, the fixed input shapes and the rows one call may carry
-are defined here once, and the Triton client, the coalescer, the embedded launcher, the ONNX
+Model names, tensor names and datatypes, the input dims and the rows one call may carry are
+defined here once, and the Triton client, the coalescer, the embedded launcher, the ONNX
 exporter, the checkpoint maker and the tests import them. Triton reads its side of the same
 contract from model_repository/*/config.pbtxt, which cannot import Python:
 tests/unit/test_contract.py checks that those files state exactly these values.
@@ -18,9 +18,10 @@ ENCODED_MODEL = "siglip_vision_encoded"
 # What every deployment serves; ENCODED_MODEL (and DECODE_MODEL) only in triton mode.
 TOWER_MODELS = (VISION_MODEL, TEXT_MODEL)
 
-# The shapes the towers take: SigLIP base-patch16-256's image side and text window.
-IMAGE_SIZE = 256
-TEXT_LENGTH = 64
+# Per-row input dims as Triton's configs state them. -1: the checkpoint's, read when the model
+# loads (image side, text length), so one repository serves any checkpoint of the family and
+# model.py checks each request against the checkpoint it loaded (docs/models.md says why).
+INPUT_DIMS = {VISION_MODEL: (-1, -1, 3), TEXT_MODEL: (-1,), ENCODED_MODEL: (1,)}
 
 # model: (input name, datatype, output name).
 TENSORS = {

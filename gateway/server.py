@@ -32,6 +32,7 @@ from gateway.backend.triton_client import TritonBackend
 from gateway.config import Settings
 from gateway.contract import ENCODED_MODEL, TOWER_MODELS
 from gateway.core.cache import EmbeddingCache
+from gateway.core.families import check_approximable
 from gateway.core.images import ImageLimits, PreprocessMode, ensure_mode_available
 from gateway.core.model_meta import ModelMeta, load_model_meta
 from gateway.core.text import TextTokenizer
@@ -105,8 +106,10 @@ class GatewayServer:
         else:
             meta = await asyncio.to_thread(load_model_meta, str(self._checkpoint))
             self.meta = dataclasses.replace(meta, model_id=s.model)
-        tokenizer = await asyncio.to_thread(TextTokenizer.from_pretrained, self.meta.path)
+        tokenizer = await asyncio.to_thread(TextTokenizer.for_model, self.meta)
         mode = PreprocessMode(s.preprocess_mode)
+        if mode is not PreprocessMode.EXACT:
+            check_approximable(self.meta.image.resample, mode.value)
         # TRITON mode also needs Triton's JPEG decoder: not ready without it.
         models = TOWER_MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
         self._backend = TritonBackend(
@@ -123,7 +126,9 @@ class GatewayServer:
             meta=self.meta, tokenizer=tokenizer, backend=backend, pool=self._pool,
             metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
             request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
-            image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes),
+            image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes,
+                                     size=self.meta.image.size,
+                                     resample=self.meta.image.resample),
             mode=mode, fetcher=self.fetcher, tracing=self.tracing)
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())

@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 VENV=.cache/venv-transformers5
 TESTS=(
   tests/unit/test_text.py tests/unit/test_images.py tests/unit/test_scoring.py tests/tools/test_checkpoint.py
+  tests/unit/test_families.py
   tests/unit/test_model_py.py tests/unit/test_cache.py tests/unit/test_engine.py
   tests/real_triton/test_triton_models.py tests/real_triton/test_gateway_e2e.py
 )

@@ -8,10 +8,10 @@ tensor contract exactly (model_repository/README.md): same model names, tensor n
 shapes and batch limits, so the gateway works unchanged against either repository. (Only the
 configs' output dims differ in form: D itself where the python configs say -1; see _config_text.)
 
-- `siglip_vision`: `pixels` uint8 [N, 256, 256, 3] (RGB, HWC) -> `image_embeds` fp32 [N, D]. The
-  graph does what model.py does on the device: NHWC -> NCHW, /255, -0.5, /0.5, then the tower's
-  pooler_output (= SiglipModel.get_image_features).
-- `siglip_text`: `input_ids` int64 [N, 64] -> `text_embeds` fp32 [N, D] (= SiglipTextModel
+- `siglip_vision`: `pixels` uint8 [N, S, S, 3] (RGB, HWC) -> `image_embeds` fp32 [N, D]. The
+  graph does what model.py does on the device: NHWC -> NCHW, the checkpoint's rescale and
+  normalization, then the tower's pooler_output (= SiglipModel.get_image_features).
+- `siglip_text`: `input_ids` int64 [N, L] -> `text_embeds` fp32 [N, D] (= SiglipTextModel
   pooler_output with input_ids only, no attention mask, as SigLIP was trained).
 
 torch, transformers and onnx are imported inside functions: they are optional (the `onnx`
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,9 @@ DEFAULT_OPSET = 18
 BATCH_DIM = "batch"
 # Placeholder value of trt_engine_cache_prefix in the config templates; replaced per export.
 CACHE_PREFIX_KEY = 'key: "trt_engine_cache_prefix"'
+# Row dims of the TensorRT profiles in the config templates; replaced per export.
+ROW_PLACEHOLDERS = {VISION_MODEL: "SxSx3", TEXT_MODEL: "L"}
+_DIMS = re.compile(r"dims: \[[^\]]*\]")
 _TWO_GIB = 2**31
 
 
@@ -66,19 +70,23 @@ def _import_deps() -> tuple[Any, Any]:
 def _towers(checkpoint: str) -> dict[str, tuple[Any, Any]]:
     """name -> (module taking the contract's input, example input with batch 2)."""
     import torch
-    from transformers import SiglipTextModel, SiglipVisionModel
+    from transformers import AutoImageProcessor, SiglipTextModel, SiglipVisionModel
 
     class Vision(torch.nn.Module):
-        def __init__(self, tower: torch.nn.Module) -> None:
+        def __init__(self, tower: torch.nn.Module, processor: Any) -> None:
             super().__init__()
             self.tower = tower
+            self.rescale = float(processor.rescale_factor)
+            self.register_buffer("mean", torch.tensor(processor.image_mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(processor.image_std).view(1, 3, 1, 1))
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             # The arithmetic of model_repository/siglip_vision/1/model.py (fp32), in its order:
-            # the processor's rescale (1/255), then normalize with mean = std = 0.5. The cast
-            # comes first so that the graph starts with Cast(uint8), the form TensorRT takes
-            # uint8 inputs in; moving values before or after it gives the same numbers.
-            x = pixels.to(torch.float32).permute(0, 3, 1, 2).div(255.0).sub(0.5).div(0.5)
+            # the processor's rescale, then normalize with its mean and std. The cast comes
+            # first so that the graph starts with Cast(uint8), the form TensorRT takes uint8
+            # inputs in; moving values before or after it gives the same numbers.
+            x = pixels.to(torch.float32).permute(0, 3, 1, 2)
+            x = x.mul(self.rescale).sub(self.mean).div(self.std)
             return self.tower(pixel_values=x).pooler_output
 
     class Text(torch.nn.Module):
@@ -97,7 +105,8 @@ def _towers(checkpoint: str) -> dict[str, tuple[Any, Any]]:
     length = text.config.max_position_embeddings
     return {
         # Batch 2, not 1: torch.export specializes dimensions of size 0 and 1.
-        VISION_MODEL: (Vision(vision).eval(), torch.zeros(2, size, size, 3, dtype=torch.uint8)),
+        VISION_MODEL: (Vision(vision, AutoImageProcessor.from_pretrained(checkpoint)).eval(),
+                       torch.zeros(2, size, size, 3, dtype=torch.uint8)),
         TEXT_MODEL: (Text(text).eval(), torch.zeros(2, length, dtype=torch.int64)),
     }
 
@@ -139,24 +148,40 @@ def _export(module: Any, example: Any, name: str, opset: int) -> Any:
     return model
 
 
-def _config_text(template: str, name: str, embed_dim: int, digest: str) -> str:
-    """The template with this export's values in two places:
-    - the output's dims: D, where the template (like the python config) says -1. Triton's
-      onnxruntime backend compares output dims exactly with the model's, and ONNX Runtime reports
-      the graph's D (shape inference fills it in from the weights even if the graph declares it
-      symbolic), so -1 would not load.
+def _set_dims(text: str, anchor: str, dims: tuple[int, ...], name: str) -> str:
+    """`text` with the first `dims: [...]` after `anchor` set to `dims`."""
+    start = text.find(anchor)
+    match = _DIMS.search(text, start) if start >= 0 else None
+    if match is None:
+        raise ValueError(f"{name} config template: no dims after `{anchor}`")
+    return f"{text[:match.start()]}dims: [ {', '.join(map(str, dims))} ]{text[match.end():]}"
+
+
+def _config_text(template: str, name: str, embed_dim: int, digest: str,
+                 row: tuple[int, ...]) -> str:
+    """The template with this export's values where it says -1 (or a row placeholder):
+    - the output's dims: D. Triton's onnxruntime backend compares output dims exactly with the
+      model's, and ONNX Runtime reports the graph's D (shape inference fills it in from the
+      weights even if the graph declares it symbolic), so -1 would not load.
+    - the input's row dims `row` (the checkpoint's S x S x 3 or L: the graph's are fixed), in the
+      input, the warm-up request and the TensorRT profiles.
     - the TensorRT engine-cache prefix gets a digest of model.onnx: ONNX Runtime keys cached
       engines on the graph's structure, not its weights, so an engine built from an earlier export
       of the same architecture would otherwise be reused with the old weights.
     """
-    replacements = (("dims: [ -1 ]", f"dims: [ {embed_dim} ]"),
-                    (f'{CACHE_PREFIX_KEY} value: "{name}"',
-                     f'{CACHE_PREFIX_KEY} value: "{name}_{digest}"'))
-    for old, new in replacements:
-        if template.count(old) != 1:
-            raise ValueError(f"{name} config template: want exactly one `{old}`")
-        template = template.replace(old, new)
-    return template
+    in_name, out_name = TENSORS[name]
+    template = _set_dims(template, f'name: "{out_name}"', (embed_dim,), name)
+    template = _set_dims(template, f'name: "{in_name}"', row, name)
+    template = _set_dims(template, f'key: "{in_name}"', row, name)
+    placeholder = f"x{ROW_PLACEHOLDERS[name]}\""
+    if template.count(placeholder) != 3:
+        raise ValueError(f"{name} config template: want 3 TensorRT profiles ending {placeholder}")
+    template = template.replace(placeholder, "x" + "x".join(map(str, row)) + '"')
+    old, new = (f'{CACHE_PREFIX_KEY} value: "{name}"',
+                f'{CACHE_PREFIX_KEY} value: "{name}_{digest}"')
+    if template.count(old) != 1:
+        raise ValueError(f"{name} config template: want exactly one `{old}`")
+    return template.replace(old, new)
 
 
 def export_onnx_repository(
@@ -183,6 +208,7 @@ def export_onnx_repository(
     # when both exported: a failed export leaves no half-written repository.
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=out) as staging:
         for name, (module, example) in _towers(str(checkpoint)).items():
+            row = tuple(int(d) for d in example.shape[1:])
             model = _export(module, example, name, DEFAULT_OPSET if opset is None else opset)
             embed_dim = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
             data = model.SerializeToString()
@@ -192,7 +218,7 @@ def export_onnx_repository(
             (model_dir / "1" / "model.onnx").write_bytes(data)
             digest = hashlib.sha256(data).hexdigest()[:12]
             (model_dir / "config.pbtxt").write_text(
-                _config_text(configs[name], name, embed_dim, digest))
+                _config_text(configs[name], name, embed_dim, digest, row))
         for name in TENSORS:
             target = out / name
             if target.exists():

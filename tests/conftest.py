@@ -28,6 +28,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """name -> a tiny random checkpoint of that family (tests/support/families.py), each made
+    once per session, on first use."""
+    from tests.support.families import make
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = make(tmp_path_factory.mktemp(f"ckpt-{name}"), name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def triton_traces() -> Iterator[OtlpHttpReceiver]:
     """Where the session's embedded Triton exports its OpenTelemetry spans (OTLP/HTTP)."""
     from tests.support.otlp import OtlpHttpReceiver

@@ -2,8 +2,9 @@
 
 Owns ``decode_and_resize_fast``, the opt-in (per server) alternative to the exact
 reference recipe (``load_image`` semantics: ``ImageOps.exif_transpose`` +
-``convert("RGB")``, then PIL bicubic to ``size`` x ``size``). The result is close to
-the exact one, not pixel-identical: 41-50 dB PSNR on photo-like images (the worst at
+``convert("RGB")``, then PIL resize to ``size`` x ``size`` with the checkpoint's filter,
+bicubic for SigLIP, bilinear for SigLIP 2). The result is close to the exact one, not
+pixel-identical (measured for bicubic): 41-50 dB PSNR on photo-like images (the worst at
 640x480), ~34 dB on noise-like ones such as dithered bitmaps; ``python -m
 bench.preprocess_bench`` measures it. Images that fit inside the target (both sides
 <= ``size``) take the exact recipe and come out pixel-identical: it is cheap there.
@@ -73,9 +74,13 @@ def opencv_available() -> bool:
     return _use_opencv
 
 
-def decode_and_resize_fast(im: Image.Image, size: int) -> np.ndarray:
+def decode_and_resize_fast(im: Image.Image, size: int,
+                           resample: int = Image.Resampling.BICUBIC) -> np.ndarray:
     """Decode ``im`` and resize it to a (size, size, 3) uint8 C-contiguous RGB array.
 
+    ``resample``: the checkpoint's filter (bilinear or bicubic; gateway/core/families.py refuses
+    fast mode for others at start-up), used wherever Pillow resizes; OpenCV's area + linear
+    resize approximates either.
     ``im`` comes from ``PIL.Image.open`` with its header parsed (and size-checked by
     the caller) but pixels not loaded, so JPEG DCT scaling can still be chosen.
     EXIF orientation is applied. Decoding is Pillow's, so errors (truncated or
@@ -85,24 +90,24 @@ def decode_and_resize_fast(im: Image.Image, size: int) -> np.ndarray:
         raise ValueError(f"size must be positive, got {size}")
     w, h = im.size
     if w <= size and h <= size:
-        return _exact_small(im, size)
+        return _exact_small(im, size, resample)
     if im.format in _JPEG_FORMATS:
         scale = _dct_scale(w, h, size)
         if scale > 1:
             # draft() picks the largest power of two <= min(W // w', H // h'): exactly
             # `scale` here. A no-op if the pixels were already loaded.
             im.draft(im.mode, (w // scale, h // scale))
-    out = _resize(_pil_decode(im, size), size)
+    out = _resize(_pil_decode(im, size), size, resample)
     orientation = _orientation(im)
     if orientation is not None:
         out = orientation(out)
     return np.ascontiguousarray(out)
 
 
-def _exact_small(im: Image.Image, size: int) -> np.ndarray:
+def _exact_small(im: Image.Image, size: int, resample: int) -> np.ndarray:
     """The exact recipe, step for step; only used where it is already cheap."""
     rgb = ImageOps.exif_transpose(im).convert("RGB")
-    return np.ascontiguousarray(np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC)))
+    return np.ascontiguousarray(np.asarray(rgb.resize((size, size), Image.Resampling(resample))))
 
 
 def _dct_scale(w: int, h: int, size: int) -> int:
@@ -131,12 +136,12 @@ def _pil_decode(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
-def _resize(a: np.ndarray, size: int) -> np.ndarray:
+def _resize(a: np.ndarray, size: int, resample: int) -> np.ndarray:
     h, w = a.shape[:2]
     if (h, w) == (size, size):
         return a
     if not _use_opencv:
-        return np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BICUBIC))
+        return np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling(resample)))
     _init_cv2()
     if max(w, h) / size >= _LINEAR_MAX_RATIO:
         # Area-average only the axes that shrink; INTER_AREA would fall back to

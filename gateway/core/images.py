@@ -4,7 +4,8 @@ Owns decoding (allow-listed formats only), the size limits checked before any pi
 decoded, and the EXACT pipeline, which is pixel-identical to the reference:
 
     transformers.image_utils.load_image   -> ImageOps.exif_transpose, .convert("RGB")
-    SiglipImageProcessor (slow, Pillow)   -> PIL resize to (size, size), BICUBIC, no crop
+    SiglipImageProcessor (slow, Pillow)   -> PIL resize to (size, size), the checkpoint's
+                                             resample (BICUBIC for SigLIP), no crop
 
 Scaling to [-1, 1] is not done here: the array is what the vision model's normalization gets.
 FAST mode (decode with scaling, lossy) lives in ``gateway.core.image_fast``, imported lazily;
@@ -44,7 +45,6 @@ from PIL import (  # noqa: F401  (the plugin imports register the allow-listed f
     WebPImagePlugin,
 )
 
-from gateway.contract import IMAGE_SIZE
 from gateway.core.errors import InvalidInput
 
 # Pillow format ids, in the order their signatures are tried. Anything else (PDF, EPS, which
@@ -83,14 +83,19 @@ class ImageLimits:
         cameras (a 48 MP phone's full-resolution mode is refused); a decoded image at the limit
         is 120 MB of RGB, so (max in-flight decodes) x 120 MB bounds decode memory.
     max_bytes: encoded size; raw pixels are bounded by max_pixels (3 bytes each) instead.
-    size: output side; SigLIP base-patch16-256 takes 256x256.
+    size, resample: output side and PIL resampling filter, the checkpoint's (ModelMeta.image);
+        the defaults are siglip-base-patch16-256's, for tools that make no request.
     """
 
     max_pixels: int = 40_000_000
     max_bytes: int = 32 * 1024 * 1024
-    size: int = IMAGE_SIZE
+    size: int = 256
+    resample: int = Image.Resampling.BICUBIC
 
     def __post_init__(self) -> None:
+        if self.resample not in set(Image.Resampling):
+            raise ValueError(f"ImageLimits.resample must be a PIL resampling filter, "
+                             f"got {self.resample!r}")
         for name in ("max_pixels", "max_bytes", "size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -112,7 +117,7 @@ def preprocess_encoded(data: bytes, *, field: str, limits: ImageLimits,
         fmt = _PRETTY.get(im.format or "", im.format or "image")
         impl = _fast_impl() if mode is PreprocessMode.FAST else _decode_and_resize_exact
         try:
-            out = impl(im, limits.size)
+            out = impl(im, limits.size, limits.resample)
         except _PIL_DATA_ERRORS as exc:
             raise _decode_error(exc, fmt, field) from exc
     finally:
@@ -157,7 +162,7 @@ def preprocess_raw(rgb: bytes, width: int, height: int, *, field: str,
         out.flags.writeable = False  # a view of the caller's buffer: no copy, and no writes
         return out
     im = Image.frombuffer("RGB", (width, height), rgb, "raw", "RGB", 0, 1)
-    return _resize_to_array(im, size)
+    return _resize_to_array(im, size, limits.resample)
 
 
 def preprocess_image(item: object, *, field: str, limits: ImageLimits,
@@ -179,7 +184,7 @@ def ensure_mode_available(mode: PreprocessMode) -> None:
         _fast_impl()
 
 
-def _decode_and_resize_exact(im: Image.Image, size: int) -> np.ndarray:
+def _decode_and_resize_exact(im: Image.Image, size: int, resample: int) -> np.ndarray:
     """The reference pipeline minus its copies; every step below is the reference's own call.
 
     Skipped, because they cannot change a pixel: exif_transpose's copy when there is nothing to
@@ -193,18 +198,18 @@ def _decode_and_resize_exact(im: Image.Image, size: int) -> np.ndarray:
     if im.mode != "RGB":
         # Per-pixel conversion (no dithering to RGB), so it commutes with the transpose above.
         im = im.convert("RGB")
-    return _resize_to_array(im, size)
+    return _resize_to_array(im, size, resample)
 
 
-def _resize_to_array(im: Image.Image, size: int) -> np.ndarray:
+def _resize_to_array(im: Image.Image, size: int, resample: int) -> np.ndarray:
     if im.size != (size, size):
         # reducing_gap=None as transformers.image_transforms.resize passes it.
-        im = im.resize((size, size), Image.Resampling.BICUBIC)
+        im = im.resize((size, size), Image.Resampling(resample))
     # One copy (tobytes); the result is read-only, which is fine for a value we hand on.
     return np.asarray(im)
 
 
-def _fast_impl() -> Callable[[Image.Image, int], np.ndarray]:
+def _fast_impl() -> Callable[[Image.Image, int, int], np.ndarray]:
     try:
         from gateway.core import image_fast
     except ModuleNotFoundError as exc:

@@ -1,8 +1,9 @@
 """What the gateway needs to know about the SigLIP checkpoint, read without torch.
 
 Owns resolving a model reference (local directory or hub id) to a local directory and reading
-the few facts the gateway uses: embedding size, image size, text length, and the two scalars of
-SigLIP's scoring head (logit_scale, logit_bias), read straight from the safetensors file.
+the few facts the gateway uses: embedding size, the image and text preprocessing (read and
+checked by gateway/core/families.py), and the two scalars of SigLIP's scoring head
+(logit_scale, logit_bias), read straight from the safetensors file.
 Called once at start-up; everything here is blocking file I/O.
 """
 
@@ -13,6 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.core.families import (
+    ImageSpec,
+    TextSpec,
+    UnsupportedCheckpoint,
+    check_family,
+    read_image_spec,
+    read_text_spec,
+)
+
 # Files the gateway and the Triton models read; weights only as safetensors (never pickles).
 _HUB_PATTERNS = [
     "config.json",
@@ -22,14 +32,14 @@ _HUB_PATTERNS = [
     "tokenizer_config.json",
     "special_tokens_map.json",
     "spiece.model",
+    "tokenizer.model",
+    "tokenizer.json",
 ]
 _SINGLE = "model.safetensors"
 # transformers' SiglipTextConfig / SiglipVisionConfig defaults (not imported: transformers
 # pulls in torch whenever it is installed, and the gateway must stay light).
 _TEXT_HIDDEN_DEFAULT = 768
-_TEXT_LENGTH_DEFAULT = 64
 _VISION_HIDDEN_DEFAULT = 768
-_IMAGE_SIZE_DEFAULT = 224
 _INDEX = "model.safetensors.index.json"
 
 
@@ -47,6 +57,8 @@ class ModelMeta:
     text_length: int
     logit_scale: float
     logit_bias: float
+    image: ImageSpec
+    text: TextSpec
 
 
 def names_a_path(model: str) -> bool:
@@ -117,9 +129,12 @@ def load_model_meta(model: str) -> ModelMeta:
         raw = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model {model!r}: unreadable {config_path} ({exc})") from exc
-    if raw.get("model_type") != "siglip":
-        raise ModelLoadError(f"model {model!r}: model_type {raw.get('model_type')!r} is not siglip")
     text, vision = _sub_config(raw, "text_config"), _sub_config(raw, "vision_config")
+    try:
+        check_family(raw)
+        image_spec, text_spec = read_image_spec(path, vision), read_text_spec(path, text)
+    except UnsupportedCheckpoint as exc:
+        raise ModelLoadError(f"model {model!r}: {exc}") from exc
     # Hub config.json files omit fields left at their default, so the defaults of
     # transformers' SiglipTextConfig / SiglipVisionConfig apply (tests check they still match).
     text_dim = text.get("projection_size") or text.get("hidden_size", _TEXT_HIDDEN_DEFAULT)
@@ -134,8 +149,10 @@ def load_model_meta(model: str) -> ModelMeta:
         path=path,
         random_weights=bool(raw.get("random_weights", False)),
         embedding_dim=int(text_dim),
-        image_size=int(vision.get("image_size", _IMAGE_SIZE_DEFAULT)),
-        text_length=int(text.get("max_position_embeddings", _TEXT_LENGTH_DEFAULT)),
+        image_size=image_spec.size,
+        text_length=text_spec.length,
         logit_scale=scalars["logit_scale"],
         logit_bias=scalars["logit_bias"],
+        image=image_spec,
+        text=text_spec,
     )

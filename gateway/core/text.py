@@ -1,9 +1,11 @@
 """Text side: prompt templates and tokenization to the text tower's fixed-length input_ids.
 
-Tokenization is SigLIP's own SentencePiece tokenizer (``SiglipTokenizer``, the slow Python one:
-there is no fast variant), called with the reference's arguments, so ``encode`` equals
-``SiglipProcessor(text=..., padding="max_length", max_length=64, truncation=True)["input_ids"]``.
-The tokenizer lower-cases and strips punctuation itself; nothing is normalized here.
+Tokenization is the checkpoint's own tokenizer (``AutoTokenizer``: ``SiglipTokenizer``, the slow
+SentencePiece one, for SigLIP; the Gemma tokenizer for SigLIP 2), called with the reference's
+arguments, so ``encode`` equals ``processor(text=..., padding="max_length",
+max_length=text_length, truncation=True)["input_ids"]``. SiglipTokenizer lower-cases and strips
+punctuation itself; for SigLIP 2, whose tokenizer does not lower-case although the model was
+trained on lower-cased text, ``lowercase`` applies ``str.lower`` first (gateway/core/families.py).
 
 Thread safety: ``encode`` may be called from several threads at once. SiglipTokenizer keeps no
 per-call state (transformers 4.57: the only shared write is a "warn once" dict) and
@@ -14,13 +16,14 @@ add no throughput.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gateway.contract import TEXT_LENGTH
 from gateway.core.errors import InvalidInput
 
 DEFAULT_PROMPT_TEMPLATE = "This is a photo of {}."
@@ -30,17 +33,29 @@ PLACEHOLDER = "{}"
 class TextTokenizer:
     """Texts -> int64 input_ids (N, text_length), padded and truncated as the reference does."""
 
-    def __init__(self, tokenizer: Any, *, text_length: int = TEXT_LENGTH) -> None:
+    def __init__(self, tokenizer: Any, *, text_length: int, lowercase: bool = False) -> None:
         self._tokenizer = tokenizer
         self._text_length = text_length
+        self._lowercase = lowercase
+        # A fast (Rust) tokenizer sets padding and truncation on its one shared backend at
+        # every call; two threads doing so at once fail ("Already borrowed"): one at a time.
+        self._lock = threading.Lock() if getattr(tokenizer, "is_fast", False) else None
 
     @classmethod
-    def from_pretrained(cls, path: Path, *, text_length: int = TEXT_LENGTH) -> TextTokenizer:
-        """Load the tokenizer from a checkpoint directory (spiece.model + tokenizer_config.json)."""
+    def from_pretrained(cls, path: Path, *, text_length: int,
+                        lowercase: bool = False) -> TextTokenizer:
+        """Load the checkpoint directory's tokenizer (the class its tokenizer_config.json names)."""
         # Lazy: transformers is heavy to import, and only this constructor needs it.
-        from transformers import SiglipTokenizer
+        from transformers import AutoTokenizer
 
-        return cls(SiglipTokenizer.from_pretrained(str(path)), text_length=text_length)
+        return cls(AutoTokenizer.from_pretrained(str(path)), text_length=text_length,
+                   lowercase=lowercase)
+
+    @classmethod
+    def for_model(cls, meta: Any) -> TextTokenizer:
+        """The tokenizer of a ``ModelMeta``, with its text length and lowercasing."""
+        return cls.from_pretrained(meta.path, text_length=meta.text.length,
+                                   lowercase=meta.text.lowercase)
 
     @property
     def text_length(self) -> int:
@@ -49,35 +64,27 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self._text_length), dtype=np.int64)
-        ids = self._tokenizer(list(texts), padding="max_length", max_length=self._text_length,
-                              truncation=True, return_attention_mask=False)["input_ids"]
-        out = np.asarray(ids, dtype=np.int64)
-        if out.shape != (len(texts), self._text_length):
-            raise RuntimeError(f"tokenizer returned shape {out.shape}, expected "
-                               f"({len(texts)}, {self._text_length})")
-        return out
+        return self._ids(self._tokenize(texts, padding="max_length", truncation=True,
+                                        return_attention_mask=False), len(texts))
 
     def encode_checked(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``encode``'s input_ids, and per text whether it did not fit (was truncated).
 
         The ids are the reference's, from the same call as ``encode``; its attention mask tells
-        padding from the end-of-text token (SigLIP pads with ``</s>`` itself). Only a row with no
-        padding can hold a truncated text, and only those texts are tokenized again, untruncated,
-        to tell an exact fit from an overflow.
+        padding from the rest (SigLIP pads with ``</s>`` itself). Only a row with no padding can
+        hold a truncated text, and only those texts are tokenized again, untruncated, to tell an
+        exact fit from an overflow.
         """
         if len(texts) == 0:
             return self.encode(texts), np.zeros(0, dtype=bool)
-        out = self._tokenizer(list(texts), padding="max_length", max_length=self._text_length,
-                              truncation=True, return_attention_mask=True)
-        ids = np.asarray(out["input_ids"], dtype=np.int64)
-        if ids.shape != (len(texts), self._text_length):
-            raise RuntimeError(f"tokenizer returned shape {ids.shape}, expected "
-                               f"({len(texts)}, {self._text_length})")
+        out = self._tokenize(texts, padding="max_length", truncation=True,
+                             return_attention_mask=True)
+        ids = self._ids(out, len(texts))
         full = np.flatnonzero(np.asarray(out["attention_mask"]).sum(axis=1) >= self._text_length)
         truncated = np.zeros(len(texts), dtype=bool)
         if full.size:
-            whole = self._tokenizer([texts[i] for i in full], truncation=False,
-                                    return_attention_mask=False)["input_ids"]
+            whole = self._tokenize([texts[i] for i in full], truncation=False,
+                                   return_attention_mask=False)["input_ids"]
             truncated[full] = [len(row) > self._text_length for row in whole]
         return ids, truncated
 
@@ -86,9 +93,23 @@ class TextTokenizer:
         without its padding): what the OpenAI API calls a text's prompt tokens."""
         if len(texts) == 0:
             return []
-        ids = self._tokenizer(list(texts), max_length=self._text_length, truncation=True,
-                              return_attention_mask=False)["input_ids"]
+        ids = self._tokenize(texts, truncation=True, return_attention_mask=False)["input_ids"]
         return [len(row) for row in ids]
+
+    def _tokenize(self, texts: Sequence[str], **kwargs: Any) -> Any:
+        """Every call to the tokenizer: the family's lower-casing, the fast tokenizer's lock."""
+        texts = [t.lower() for t in texts] if self._lowercase else list(texts)
+        if kwargs.get("truncation"):
+            kwargs["max_length"] = self._text_length
+        with self._lock or contextlib.nullcontext():
+            return self._tokenizer(texts, **kwargs)
+
+    def _ids(self, out: Any, rows: int) -> np.ndarray:
+        ids = np.asarray(out["input_ids"], dtype=np.int64)
+        if ids.shape != (rows, self._text_length):
+            raise RuntimeError(f"tokenizer returned shape {ids.shape}, expected "
+                               f"({rows}, {self._text_length})")
+        return ids
 
 
 def validate_template(template: str, *, field: str = "prompt_template") -> str:

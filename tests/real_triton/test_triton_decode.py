@@ -58,12 +58,14 @@ def _load_module() -> ModuleType:
         return module
 
 
-def _init(module: ModuleType, out_dims: list[int] | None = None, **parameters: str) -> Any:
-    """Initialize as Triton would on CPU, with the repository's config.pbtxt (+ overrides)."""
+def _init(module: ModuleType, checkpoint: Path, out_dims: list[int] | None = None,
+          **parameters: str) -> Any:
+    """Initialize as Triton would on CPU, with the repository's config.pbtxt (+ overrides),
+    following `checkpoint`'s image size and filter."""
     proto = text_format.Parse((DECODE_DIR / "config.pbtxt").read_text(),
                               model_config_pb2.ModelConfig())
     config = json_format.MessageToDict(proto, preserving_proto_field_name=True)
-    for key, value in parameters.items():
+    for key, value in {"model": str(checkpoint), **parameters}.items():
         config["parameters"][key] = {"string_value": value}
     if out_dims:
         config["output"][0]["dims"] = [str(d) for d in out_dims]
@@ -83,8 +85,8 @@ def module() -> ModuleType:
     pytest.param("torchvision", marks=pytest.mark.skipif(
         not HAVE_TORCHVISION, reason="torchvision does not import here (CPU torch)")),
 ])
-def decode(request: pytest.FixtureRequest, module: ModuleType) -> Any:
-    model = _init(module, cpu_decoder=request.param)
+def decode(request: pytest.FixtureRequest, module: ModuleType, tiny_checkpoint: Path) -> Any:
+    model = _init(module, tiny_checkpoint, cpu_decoder=request.param)
     assert model.cpu_decoder == request.param
     return model
 
@@ -189,14 +191,26 @@ def test_xmp_orientation_when_exif_has_none(decode: Any) -> None:
     _assert_close(_output(_run(decode, [data])[0], "pixels")[0], want, CPU_PSNR_DB, "xmp")
 
 
-def test_output_size_comes_from_the_config(module: ModuleType) -> None:
-    model = _init(module, out_dims=[128, 160, 3])
-    got = _output(_run(model, [photo_jpeg(640, 480, seed=2)])[0], "pixels")
-    assert got.shape == (1, 128, 160, 3)
+def test_output_follows_the_checkpoint(module: ModuleType, family_checkpoint) -> None:
+    """SigLIP 2's 224 px and bilinear filter; a config whose fixed dims disagree fails the load."""
+    checkpoint = family_checkpoint("siglip2")
+    model = _init(module, checkpoint)
+    data = photo_jpeg(640, 480, seed=2)
+    got = _output(_run(model, [data])[0], "pixels")[0]
+    assert got.shape == (224, 224, 3)
+    limits = {f: ImageLimits(size=224, resample=f) for f in (Image.Resampling.BILINEAR,
+                                                             Image.Resampling.BICUBIC)}
+    bilinear, bicubic = (_psnr(got, preprocess_encoded(data, field="-", limits=limits[f]))
+                         for f in (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC))
+    assert bilinear >= CPU_PSNR_DB and bilinear > bicubic, (bilinear, bicubic)
+    with pytest.raises(ValueError, match="cannot take the checkpoint"):
+        _init(module, checkpoint, out_dims=[128, 160, 3])
 
 
-def test_auto_decoder_is_torchvision_where_it_imports(module: ModuleType) -> None:
-    assert _init(module).cpu_decoder == ("torchvision" if HAVE_TORCHVISION else "pillow")
+def test_auto_decoder_is_torchvision_where_it_imports(module: ModuleType,
+                                                     tiny_checkpoint: Path) -> None:
+    want = "torchvision" if HAVE_TORCHVISION else "pillow"
+    assert _init(module, tiny_checkpoint).cpu_decoder == want
 
 
 # --- unit: errors and limits ------------------------------------------------------------------
@@ -231,9 +245,9 @@ def test_truncated_jpeg_is_refused_like_exact(decode: Any, cut: str) -> None:
     assert response.error().message().startswith("images[0]: ")
 
 
-def test_pixel_cap_is_checked_before_decoding(module: ModuleType,
+def test_pixel_cap_is_checked_before_decoding(module: ModuleType, tiny_checkpoint: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _init(module, max_pixels="300000")
+    model = _init(module, tiny_checkpoint, max_pixels="300000")
     decoded: list[int] = []
     decoder = model.pre.cpu_decode
     monkeypatch.setattr(model.pre, "cpu_decode", lambda d: decoded.append(len(d)) or decoder(d))
@@ -249,8 +263,8 @@ def test_pixel_cap_is_checked_before_decoding(module: ModuleType,
     _assert_close(_output(responses[2], "pixels")[0], _exact(at_cap), CPU_PSNR_DB, "at cap")
 
 
-def test_default_cap_is_the_gateways(module: ModuleType) -> None:
-    model = _init(module)
+def test_default_cap_is_the_gateways(module: ModuleType, tiny_checkpoint: Path) -> None:
+    model = _init(module, tiny_checkpoint)
     assert model.pre.max_pixels == ImageLimits().max_pixels
     assert model.pre.max_bytes == ImageLimits().max_bytes
     (response,) = _run(model, [_with_size(photo_jpeg(64, 48, seed=38), 8000, 5001)])

@@ -76,7 +76,7 @@ def make_engine(meta):
 
     def make(mode: PreprocessMode) -> tuple[Engine, RoutingBackend, Metrics]:
         backend, metrics = RoutingBackend(meta.embedding_dim), Metrics()
-        engine = Engine(meta=meta, tokenizer=TextTokenizer.from_pretrained(meta.path),
+        engine = Engine(meta=meta, tokenizer=TextTokenizer.for_model(meta),
                         backend=backend, pool=pool, metrics=metrics,
                         cache=EmbeddingCache(100), request_limits=RequestLimits(),
                         image_limits=LIMITS, mode=mode)

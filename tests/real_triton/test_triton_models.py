@@ -16,12 +16,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from gateway.contract import IMAGE_SIZE, TEXT_LENGTH
+from siglip_tools.checkpoint import shape_of
 from tests.support.hf_reference import features
 
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 
 TOLERANCE = 1e-5
+
+# The session tiny checkpoint's shapes (tests/conftest.py makes it with the defaults).
+IMAGE_SIZE, TEXT_LENGTH = shape_of("tiny")["image_size"], shape_of("tiny")["text_length"]
 
 
 @pytest.fixture(scope="module")

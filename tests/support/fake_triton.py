@@ -19,7 +19,11 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.grpc import service_pb2_grpc as tpb_grpc
 
-from gateway.contract import IMAGE_SIZE, TENSORS, TEXT_LENGTH, TEXT_MODEL, VISION_MODEL
+from gateway.contract import TENSORS, TEXT_MODEL, VISION_MODEL
+from siglip_tools.checkpoint import shape_of
+
+# The tiny test checkpoint's shapes (tests/conftest.py makes it with the defaults).
+IMAGE_SIZE, TEXT_LENGTH = shape_of("tiny")["image_size"], shape_of("tiny")["text_length"]
 
 # model: (input name, input dtype, per-row input shape, output name)
 MODELS = {

@@ -92,21 +92,39 @@ def test_model_meta_matches_torch_model(tiny_checkpoint: Path) -> None:
     assert meta.text_length == model.config.text_config.max_position_embeddings == 64
 
 
+def _copy_tokenizer(tiny_checkpoint: Path, to: Path) -> None:
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "spiece.model",
+                 "preprocessor_config.json"):
+        shutil.copy(tiny_checkpoint / name, to)
+
+
 def test_model_meta_defaults_match_transformers(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """Hub config.json files omit default fields; our defaults must be transformers' ones."""
+    """Hub config.json and preprocessor_config.json files omit default fields; our defaults
+    must be transformers' ones."""
+    from transformers import SiglipImageProcessor
+
     minimal = {"model_type": "siglip", "text_config": {}, "vision_config": {}}
     (tmp_path / "config.json").write_text(json.dumps(minimal))
     shutil.copy(tiny_checkpoint / "model.safetensors", tmp_path)
+    _copy_tokenizer(tiny_checkpoint, tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 224, "width": 224}}))
     meta = load_model_meta(str(tmp_path))
     ref = SiglipConfig.from_pretrained(tmp_path)
     assert meta.embedding_dim == ref.text_config.projection_size == ref.vision_config.hidden_size
     assert meta.image_size == ref.vision_config.image_size
     assert meta.text_length == ref.text_config.max_position_embeddings
     assert meta.random_weights is False
+    processor = SiglipImageProcessor.from_pretrained(tmp_path)
+    assert (meta.image.resample, meta.image.rescale_factor) == (processor.resample,
+                                                               processor.rescale_factor)
+    assert (list(meta.image.mean), list(meta.image.std)) == (list(processor.image_mean),
+                                                             list(processor.image_std))
 
 
 def test_model_meta_reads_sharded_safetensors(tiny_checkpoint: Path, tmp_path: Path) -> None:
     shutil.copy(tiny_checkpoint / "config.json", tmp_path)
+    _copy_tokenizer(tiny_checkpoint, tmp_path)
     with safe_open(str(tiny_checkpoint / "model.safetensors"), framework="numpy") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     scalars = {k: tensors.pop(k) for k in ("logit_scale", "logit_bias")}
@@ -122,6 +140,7 @@ def test_model_meta_reads_sharded_safetensors(tiny_checkpoint: Path, tmp_path: P
 
 def test_model_meta_requires_safetensors(tiny_checkpoint: Path, tmp_path: Path) -> None:
     shutil.copy(tiny_checkpoint / "config.json", tmp_path)
+    _copy_tokenizer(tiny_checkpoint, tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(ModelLoadError, match="safetensors"):
         load_model_meta(str(tmp_path))
@@ -200,6 +219,18 @@ def test_base_architecture_has_203m_parameters() -> None:
     assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (768, 12, 32000)
     assert (vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size) == (
         768, 12, 3072)
+
+
+def test_so400m_architecture_is_so400m_patch14_384() -> None:
+    """google/siglip-so400m-patch14-384: ~878M parameters, patch 14 at 384 px, 64 tokens."""
+    with torch.device("meta"):
+        model = SiglipModel(checkpoint.arch_config("so400m"))
+    n = sum(p.numel() for p in model.parameters())
+    assert 877.5e6 < n < 878.5e6, n
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (vision.image_size, vision.patch_size, text.max_position_embeddings) == (384, 14, 64)
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size) == (
+        1152, 27, 4304)
 
 
 _OTHER_MAJOR = """

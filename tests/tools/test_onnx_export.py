@@ -120,11 +120,18 @@ def test_config_keeps_the_python_models_contract(exported: Path, name: str) -> N
         assert (candidate.name, candidate.backend) == (name, "onnxruntime")
         assert candidate.max_batch_size == python.max_batch_size
         assert candidate.dynamic_batching == python.dynamic_batching
-        assert _io(candidate.input) == _io(python.input)
+        assert [(t.name, t.data_type) for t in candidate.input] == [
+            (t.name, t.data_type) for t in python.input]
         assert [(o.name, o.data_type) for o in candidate.output] == [
             (o.name, o.data_type) for o in python.output]
         assert [g.kind for g in candidate.instance_group] == [
             model_config_pb2.ModelInstanceGroup.KIND_AUTO]
+    # The checkpoint's row dims are written at export where the python config and the template
+    # say -1 (the graph's are fixed): in the input and the warm-up request.
+    (in_name, _, row) = CONTRACT[name][0]
+    assert _io(template.input) == _io(python.input)
+    assert [list(t.dims) for t in config.input] == [row]
+    assert [list(i.dims) for w in config.model_warmup for i in w.inputs.values()] == [row]
     # D is written at export where the python config (and the template) say -1.
     assert [list(o.dims) for o in python.output] == [[-1]]
     assert [list(o.dims) for o in template.output] == [[-1]]
@@ -135,7 +142,6 @@ def test_config_keeps_the_python_models_contract(exported: Path, name: str) -> N
     assert accelerator.name == "tensorrt" and params["precision_mode"] == "FP16"
     assert int(params["max_workspace_size_bytes"]) > 0 and params["trt_engine_cache_path"]
     # The one TensorRT profile spans exactly the batch sizes Triton can form.
-    (in_name, _, row) = CONTRACT[name][0]
     rows = "x".join(map(str, row))
     assert params["trt_profile_min_shapes"] == f"{in_name}:1x{rows}"
     assert params["trt_profile_max_shapes"] == f"{in_name}:{config.max_batch_size}x{rows}"

@@ -11,11 +11,9 @@ from tritonclient.grpc import model_config_pb2
 from gateway.contract import (
     DECODE_MODEL,
     ENCODED_MODEL,
-    IMAGE_SIZE,
+    INPUT_DIMS,
     MAX_ROWS,
     TENSORS,
-    TEXT_LENGTH,
-    TEXT_MODEL,
     TOWER_MODELS,
     VISION_MODEL,
 )
@@ -25,8 +23,6 @@ REPOSITORIES = {"python": ROOT / "model_repository", "onnx": ROOT / "model_repos
 # Triton's name for each datatype of the KServe protocol the client speaks.
 CONFIG_TYPES = {"UINT8": "TYPE_UINT8", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING",
                 "FP32": "TYPE_FP32"}
-INPUT_DIMS = {VISION_MODEL: [IMAGE_SIZE, IMAGE_SIZE, 3], TEXT_MODEL: [TEXT_LENGTH],
-              ENCODED_MODEL: [1]}
 
 
 def _config(repository: Path, model: str) -> model_config_pb2.ModelConfig:
@@ -44,7 +40,8 @@ def test_config_states_the_contract(repository: str, model: str) -> None:
     assert config.name == model
     assert config.max_batch_size == MAX_ROWS[model]
     assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims))
-            for i in config.input] == [(input_name, CONFIG_TYPES[datatype], INPUT_DIMS[model])]
+            for i in config.input] == [
+        (input_name, CONFIG_TYPES[datatype], list(INPUT_DIMS[model]))]
     assert [(o.name, model_config_pb2.DataType.Name(o.data_type)) for o in config.output] == [
         (output_name, "TYPE_FP32")]
 
@@ -59,4 +56,4 @@ def test_the_encoded_ensemble_decodes_then_runs_the_vision_tower() -> None:
     decode = _config(REPOSITORIES["python"], DECODE_MODEL)
     assert decode.max_batch_size == MAX_ROWS[ENCODED_MODEL]
     assert [(o.name, list(o.dims)) for o in decode.output] == [
-        (pixels, INPUT_DIMS[VISION_MODEL])]
+        (pixels, list(INPUT_DIMS[VISION_MODEL]))]

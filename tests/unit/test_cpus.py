@@ -149,9 +149,9 @@ def test_settings_carry_the_triton_cpu_knobs():
             Settings.from_env(bad)
 
 
-def test_serve_hands_the_settings_to_the_embedded_triton(tmp_path, monkeypatch):
+def test_serve_hands_the_settings_to_the_embedded_triton(tiny_checkpoint, monkeypatch):
     """gateway.app.serve -> EmbeddedTriton(cpu_threading=...): recorded by a launcher that
-    refuses to start, so serve stops right there."""
+    refuses to start, so serve stops right there (after reading the checkpoint)."""
     import asyncio
 
     from gateway import app
@@ -167,7 +167,7 @@ def test_serve_hands_the_settings_to_the_embedded_triton(tmp_path, monkeypatch):
             raise launcher.TritonStartupError("install", "recorded, not started")
 
     monkeypatch.setattr(launcher, "EmbeddedTriton", Recorder)
-    settings = Settings.from_env({}, model=str(tmp_path), triton_cpu_threads=5,
+    settings = Settings.from_env({}, model=str(tiny_checkpoint), triton_cpu_threads=5,
                                  triton_cpu_interop_threads=2)
     with pytest.raises(launcher.TritonStartupError):
         asyncio.run(app.serve(settings))

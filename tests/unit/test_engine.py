@@ -46,7 +46,7 @@ def engine_and_backend(tiny_checkpoint):
     meta = load_model_meta(str(tiny_checkpoint))
     backend = CountingBackend(meta.embedding_dim)
     with ThreadPoolExecutor(2) as pool:
-        yield Engine(meta=meta, tokenizer=TextTokenizer.from_pretrained(meta.path),
+        yield Engine(meta=meta, tokenizer=TextTokenizer.for_model(meta),
                      backend=backend, pool=pool, metrics=Metrics(),
                      cache=EmbeddingCache(1000), request_limits=RequestLimits(),
                      image_limits=ImageLimits(), mode=PreprocessMode.EXACT), backend

@@ -295,7 +295,7 @@ def _fake_fast(monkeypatch, impl) -> None:
 def test_fast_mode_dispatches_with_an_unloaded_header_checked_image(monkeypatch):
     calls = []
 
-    def fake(im, size):
+    def fake(im, size, resample):
         calls.append((im.format, im.size, size, threading.get_ident()))
         assert im.tile, "image_fast must get the image before it is decoded"
         return np.zeros((size, size, 3), np.uint8)
@@ -311,7 +311,7 @@ def test_fast_mode_dispatches_with_an_unloaded_header_checked_image(monkeypatch)
 
 
 def test_fast_mode_errors_are_mapped(monkeypatch):
-    def truncated(im, size):
+    def truncated(im, size, resample):
         raise OSError("image file is truncated (7 bytes not processed)")
 
     _fake_fast(monkeypatch, truncated)
@@ -319,7 +319,7 @@ def test_fast_mode_errors_are_mapped(monkeypatch):
                                            "truncated JPEG$"):
         preprocess_encoded(g.photo_jpeg(), field=FIELD, limits=LIMITS, mode=PreprocessMode.FAST)
 
-    _fake_fast(monkeypatch, lambda im, size: np.zeros((size, size), np.uint8))
+    _fake_fast(monkeypatch, lambda im, size, resample: np.zeros((size, size), np.uint8))
     with pytest.raises(RuntimeError, match="expected uint8"):
         preprocess_encoded(g.photo_jpeg(), field=FIELD, limits=LIMITS, mode=PreprocessMode.FAST)
 

@@ -40,7 +40,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint) -> TextTokenizer:
-    return TextTokenizer.from_pretrained(tiny_checkpoint)
+    return TextTokenizer.from_pretrained(tiny_checkpoint, text_length=64)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_core_runs_without_torch_grpc_or_tritonclient(tiny_checkpoint: Path):
             sys.modules[name] = None  # makes any import of it fail, and find_spec say absent
         import gateway.core.cache, gateway.core.images, gateway.core.scoring
         from gateway.core.text import TextTokenizer
-        tok = TextTokenizer.from_pretrained({str(tiny_checkpoint)!r})
+        tok = TextTokenizer.from_pretrained({str(tiny_checkpoint)!r}, text_length=64)
         assert tok.encode(["a photo of a dog"]).shape == (1, 64)
         print("ok")
     """)

@@ -1,9 +1,11 @@
 """Triton python-backend model: encoded JPEGs -> the vision tower's input pixels.
 
 Contract (see model_repository/README.md): input `images` BYTES [N, 1], one encoded JPEG per
-row; output `pixels` uint8 [N, 256, 256, 3] (RGB, HWC), the input of `siglip_vision`. Pixels
+row; output `pixels` uint8 [N, S, S, 3] (RGB, HWC), the input of `siglip_vision`. Pixels
 follow the gateway's exact preprocessing (gateway/core/images.py: EXIF orientation, RGB, PIL
-bicubic resize straight to 256x256, no crop) to within rounding (README: fidelity).
+resize straight to S x S with the checkpoint's filter, no crop) to within rounding (README:
+fidelity). S and the filter (bicubic or bilinear; others fail the load) come from the
+checkpoint's image processor: parameter `model`, else $SIGLIP_MODEL, else the hub's base model.
 
 Decoding: GPU instances decode with nvJPEG (torchvision.io.decode_jpeg(device="cuda"), one
 batched call) and resize on the GPU; rows nvJPEG does not colour-convert like libjpeg (CMYK,
@@ -18,6 +20,7 @@ version directory on sys.path, so `jpeg_header` beside this file imports). Outsi
 
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -35,6 +38,9 @@ INPUT, OUTPUT = "images", "pixels"
 DEFAULTS = {"max_pixels": 40_000_000, "max_bytes": 32 * 1024 * 1024,
             "max_batch_pixels": 128_000_000}
 CPU_DECODERS = ("auto", "torchvision", "pillow")
+DEFAULT_MODEL = "google/siglip-base-patch16-256"
+# PIL resampling codes (preprocessor_config.json) -> torch's antialiased interpolation modes.
+MODES = {2: "bilinear", 3: "bicubic"}
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
@@ -92,13 +98,13 @@ class Preprocessor:
     batch_decode: decodes a list of rows on the device at once (nvJPEG); None: host only.
     """
 
-    def __init__(self, device: torch.device, size: tuple[int, int], *,
+    def __init__(self, device: torch.device, size: tuple[int, int], *, mode: str = "bicubic",
                  cpu_decode: Callable[[bytes], torch.Tensor] = _decode_pillow,
                  batch_decode: Callable[[list[bytes]], list[torch.Tensor]] | None = None,
                  resize_float: bool | None = None, max_pixels: int = DEFAULTS["max_pixels"],
                  max_bytes: int = DEFAULTS["max_bytes"],
                  max_batch_pixels: int = DEFAULTS["max_batch_pixels"]) -> None:
-        self.device, self.size = device, size
+        self.device, self.size, self.mode = device, size, mode
         self.cpu_decode, self.batch_decode = cpu_decode, batch_decode
         self.resize_float = device.type != "cpu" if resize_float is None else resize_float
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
@@ -178,10 +184,10 @@ class Preprocessor:
         target = self.size[::-1] if orientation in (5, 6, 7, 8) else self.size
         if tuple(x.shape[-2:]) != tuple(target):
             if self.resize_float:
-                x = F.interpolate(x.float(), size=target, mode="bicubic", antialias=True,
+                x = F.interpolate(x.float(), size=target, mode=self.mode, antialias=True,
                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
             else:  # uint8 in and out: torch follows Pillow's fixed-point arithmetic here
-                x = F.interpolate(x, size=target, mode="bicubic", antialias=True,
+                x = F.interpolate(x, size=target, mode=self.mode, antialias=True,
                                   align_corners=False)
         if orientation in _ORIENT:
             x = _ORIENT[orientation](x)
@@ -211,6 +217,18 @@ def _warmup_jpegs() -> list[bytes]:
     return out
 
 
+def _checkpoint_resize(checkpoint: str) -> tuple[int, str]:
+    """(S, torch interpolation mode) of the checkpoint's image processor (a square resize)."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    size, resample = processor.size, int(processor.resample)
+    if size.get("height") != size.get("width") or resample not in MODES:
+        raise ValueError(f"{checkpoint}: size {size}, resample {resample}: this decoder makes "
+                         f"square images with {sorted(MODES.values())} resizes only")
+    return int(size["height"]), MODES[resample]
+
+
 def _param(config, key, default=""):
     value = config.get("parameters", {}).get(key, {}).get("string_value", "").strip()
     return value or str(default)
@@ -227,10 +245,16 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         out_config = pb_utils.get_output_config_by_name(config, OUTPUT)
         self.out_dtype = pb_utils.triton_string_to_numpy(out_config["data_type"])
-        dims = tuple(int(d) for d in out_config["dims"])
-        if self.out_dtype != np.uint8 or len(dims) != 3 or dims[2] != 3:
+        config_dims = tuple(int(d) for d in out_config["dims"])
+        if self.out_dtype != np.uint8 or len(config_dims) != 3 or config_dims[2] != 3:
             raise ValueError(f"{OUTPUT} must be TYPE_UINT8 [H, W, 3], got "
-                             f"{out_config['data_type']} {list(dims)}")
+                             f"{out_config['data_type']} {list(config_dims)}")
+        checkpoint = _param(config, "model") or os.environ.get("SIGLIP_MODEL") or DEFAULT_MODEL
+        size, mode = _checkpoint_resize(checkpoint)
+        dims = (size, size, 3)
+        if any(c not in (-1, d) for c, d in zip(config_dims, dims, strict=True)):
+            raise ValueError(f"{OUTPUT} dims {list(config_dims)} cannot take the checkpoint's "
+                             f"{list(dims)}")
         in_config = pb_utils.get_input_config_by_name(config, INPUT)
         if in_config["data_type"] != "TYPE_STRING" or [int(d) for d in in_config["dims"]] != [1]:
             raise ValueError(f"{INPUT} must be TYPE_STRING [1] (one encoded JPEG per row)")
@@ -243,7 +267,7 @@ class TritonPythonModel:
         self.cpu_decoder, cpu_decode = _cpu_decoder(_param(config, "cpu_decoder", "auto"))
         # GPU instances exist to decode on the GPU: no torchvision with nvJPEG = fail the load.
         batch_decode = _nvjpeg_decoder(device) if gpu else None
-        self.pre = Preprocessor(device, dims[:2], cpu_decode=cpu_decode,
+        self.pre = Preprocessor(device, dims[:2], mode=mode, cpu_decode=cpu_decode,
                                 batch_decode=batch_decode, **limits)
         # Fail at load, not on the first request: every path once (nvJPEG without fallback).
         warmup = _warmup_jpegs()

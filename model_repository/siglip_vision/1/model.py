@@ -3,10 +3,12 @@
 The one file serves both towers: siglip_text/1/model.py is a link to this file, since Triton
 loads each model directory on its own and a directory holds no code of another. Contract (see
 model_repository/README.md and gateway/contract.py):
-- `tower: "vision"`: input `pixels` uint8 [N, 256, 256, 3] (RGB, HWC, already resized); output
-  `image_embeds` fp32 [N, D], equal to SiglipModel.get_image_features (not normalized).
-  Scaling to [-1, 1] happens here, on the device, in the compute dtype.
-- `tower: "text"`: input `input_ids` int64 [N, 64] (SigLIP tokenizer, padding="max_length");
+- `tower: "vision"`: input `pixels` uint8 [N, S, S, 3] (RGB, HWC, already resized to the
+  checkpoint's S); output `image_embeds` fp32 [N, D], equal to SiglipModel.get_image_features
+  (not normalized). The processor's rescale and normalization (the checkpoint's
+  preprocessor_config.json) happen here, on the device, in the compute dtype.
+- `tower: "text"`: input `input_ids` int64 [N, L] (the checkpoint's tokenizer,
+  padding="max_length" to the text tower's L = max_position_embeddings);
   output `text_embeds` fp32 [N, D], equal to SiglipModel.get_text_features(input_ids=...)
   with no attention mask, as SigLIP was trained.
 
@@ -24,7 +26,7 @@ import os
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from transformers import SiglipTextModel, SiglipVisionModel
+from transformers import AutoImageProcessor, SiglipTextModel, SiglipVisionModel
 
 DEFAULT_MODEL = "google/siglip-base-patch16-256"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -180,24 +182,40 @@ class BatchRunner:
             return out.float().cpu().numpy()
 
 
+def _row_shape(config_dims, checkpoint_shape, name):
+    """The checkpoint's row shape, if the config's dims allow it (-1 = any)."""
+    if len(config_dims) != len(checkpoint_shape) or any(
+            c not in (-1, s) for c, s in zip(config_dims, checkpoint_shape, strict=True)):
+        raise ValueError(f"{name} dims {list(config_dims)} cannot take the checkpoint's "
+                         f"{list(checkpoint_shape)}")
+    return tuple(checkpoint_shape)
+
+
 class VisionTower:
     """Pixels in, image features out; the processor's scaling runs on the device."""
 
     name, input, output, np_dtype = "vision", "pixels", "image_embeds", np.uint8
 
     @staticmethod
-    def load(checkpoint, row_shape):
+    def load(checkpoint, config_dims):
         model = SiglipVisionModel.from_pretrained(checkpoint)
         size = model.config.image_size
-        if row_shape != (size, size, 3):
-            raise ValueError(f"pixels dims {list(row_shape)}, checkpoint wants {size}x{size}")
-        return model
+        processor = AutoImageProcessor.from_pretrained(checkpoint)
+        # The gateway refuses checkpoints whose processor is not this square resize (families.py).
+        model.siglip_scaling = (float(processor.rescale_factor), list(processor.image_mean),
+                                list(processor.image_std))
+        return model, _row_shape(config_dims, (size, size, 3), "pixels")
 
     @staticmethod
     def function(model, dtype):
+        rescale, mean, std = model.siglip_scaling
+        device = next(model.parameters()).device
+        mean = torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1)
+
         def tower(pixels):
-            # The processor's rescale (1/255) and normalize (mean = std = 0.5), in that order.
-            x = pixels.permute(0, 3, 1, 2).to(dtype).div_(255.0).sub_(0.5).div_(0.5)
+            # The processor's rescale, then normalize ((x - mean) / std), in that order.
+            x = pixels.permute(0, 3, 1, 2).to(dtype).mul_(rescale).sub_(mean).div_(std)
             return model(pixel_values=x).pooler_output
 
         return tower
@@ -213,13 +231,10 @@ class TextTower:
     name, input, output, np_dtype = "text", "input_ids", "text_embeds", np.int64
 
     @staticmethod
-    def load(checkpoint, row_shape):
+    def load(checkpoint, config_dims):
         model = SiglipTextModel.from_pretrained(checkpoint)
         positions = model.config.max_position_embeddings
-        if len(row_shape) != 1 or row_shape[0] > positions:
-            raise ValueError(f"input_ids dims {list(row_shape)} exceed the checkpoint's "
-                             f"{positions} positions")
-        return model
+        return model, _row_shape(config_dims, (positions,), "input_ids")
 
     @staticmethod
     def function(model, dtype):
@@ -251,7 +266,7 @@ class TritonPythonModel:
         out_type = pb_utils.get_output_config_by_name(config, self.tower.output)["data_type"]
         self.out_dtype = pb_utils.triton_string_to_numpy(out_type)
         in_dims = pb_utils.get_input_config_by_name(config, self.tower.input)["dims"]
-        self.row_shape = tuple(int(d) for d in in_dims)
+        config_dims = tuple(int(d) for d in in_dims)
 
         gpu = args.get("model_instance_kind") == "GPU"
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
@@ -266,7 +281,8 @@ class TritonPythonModel:
         self.dtype = DTYPES[dtype_name]
 
         checkpoint = _param(config, "model") or os.environ.get("SIGLIP_MODEL") or DEFAULT_MODEL
-        model = self.tower.load(checkpoint, self.row_shape)
+        # The row shape is the checkpoint's; requests of another shape fail alone (_check).
+        model, self.row_shape = self.tower.load(checkpoint, config_dims)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         tower = self.tower.function(self.model, self.dtype)
 
