@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages some tests run for real: Prometheus and promtool (the
-# monitoring tests evaluate the manifests' PromQL against real scrapes) and Chromium with
-# its driver (the web page's browser test); curl (the HTTP API's curl test). Skips what is already there. Without root or
-# sudo it only says what is missing: those tests then skip, except under CI=true, where a
-# missing tool fails them (tests/support/binaries.py).
+# monitoring tests evaluate the manifests' PromQL against real scrapes), Chromium (the web
+# page's browser test, driven by Playwright) and curl (the HTTP API's curl test). Skips what
+# is already there. Without root or sudo it only says what is missing: those tests then
+# skip, except under CI=true, where a missing tool fails them (tests/support/binaries.py).
 set -euo pipefail
 
 declare -A package_of=(
   [prometheus]=prometheus [promtool]=prometheus
-  [chromium]=chromium [chromedriver]=chromium-driver
+  [chromium]=chromium
   [curl]=curl
 )
 missing=()

@@ -22,7 +22,7 @@ python -m pip install -q -e '.[dev]' 'transformers>=4.57,<5'
 echo "== the README's install command in a fresh venv, with that venv's pip"
 bash scripts/check_install.sh
 
-echo "== Debian packages the tests run (prometheus, promtool, chromium)"
+echo "== Debian packages the tests run (prometheus, promtool, chromium, curl)"
 bash scripts/debian_packages.sh
 
 echo "== ruff"

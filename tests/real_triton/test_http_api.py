@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.client import SiglipClient
+from gateway.core.model_meta import load_model_meta
 from gateway.core.text import TextTokenizer
 from siglip.v1 import siglip_pb2 as pb
 from tests.support import imagegen
@@ -67,7 +68,7 @@ async def test_openai_client_embeds_texts_and_an_image_as_grpc_does(gateway, grp
     assert texts.model == model and texts.object == "list"
 
     # usage: the texts' real token counts (truncated at 64, no padding); an image counts 0.
-    counts = TextTokenizer.from_pretrained(tiny_checkpoint).count(TEXTS)
+    counts = TextTokenizer.for_model(load_model_meta(str(tiny_checkpoint))).count(TEXTS)
     assert counts[2:] == [64, 1]  # the long text truncated; the empty one is its end token
     assert texts.usage.prompt_tokens == texts.usage.total_tokens == sum(counts)
     assert image.usage.prompt_tokens == 0
