@@ -141,7 +141,19 @@ def _gemma_json(spm_model: bytes) -> bytes:
         vocab.write_bytes(spm_model)
         fast = GemmaTokenizerFast(vocab_file=str(vocab), add_bos_token=False,
                                   add_eos_token=True)
+        # transformers 5.x builds this tokenizer from a SentencePiece file without its pieces
+        # (every word becomes <unk>); 4.57's conversion is right, and 5.x loads its output.
+        ids = fast("a photo of a dog")["input_ids"]
+        if fast.unk_token_id in ids or len(ids) < 3:
+            raise GemmaConversionError(
+                "this transformers cannot build a Gemma tokenizer.json from a SentencePiece "
+                f"model (it gave {ids} for 'a photo of a dog'): make SigLIP 2 checkpoints "
+                "under transformers 4.x (5.x loads what 4.x writes)")
         return fast.backend_tokenizer.to_str().encode()
+
+
+class GemmaConversionError(RuntimeError):
+    """The installed transformers cannot write the Gemma tokenizer of a random checkpoint."""
 
 
 def preprocessor_config(family: str, image_size: int, patch_size: int,

@@ -31,13 +31,17 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def family_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """name -> a tiny random checkpoint of that family (tests/support/families.py), each made
     once per session, on first use."""
+    from siglip_tools.checkpoint_files import GemmaConversionError
     from tests.support.families import make
 
     made: dict[str, Path] = {}
 
     def get(name: str) -> Path:
         if name not in made:
-            made[name] = make(tmp_path_factory.mktemp(f"ckpt-{name}"), name)
+            try:
+                made[name] = make(tmp_path_factory.mktemp(f"ckpt-{name}"), name)
+            except GemmaConversionError as exc:  # transformers 5.x: see the message
+                pytest.skip(str(exc))
         return made[name]
 
     return get
