@@ -8,8 +8,9 @@ DIR holds one subfolder per class (torchvision's ImageFolder layout); classes ar
 subfolders in sorted order. Their names are the lines of --classes (one per line, in that
 order: e.g. ImageNet's synset folders with open_clip's IMAGENET_CLASSNAMES) or, without it, the
 folder names with "_" read as a space. Prompts: one template, or an ensemble
-(bench/data/openai_imagenet_templates.txt is CLIP's 80 ImageNet templates, as open_clip's
-zero-shot evaluation uses them); none given: the server's default template.
+(--templates: one per line, e.g. CLIP's 80 ImageNet templates from open_clip's
+zero_shot_metadata.py, which its zero-shot evaluation uses); none given: the server's default
+template.
 
 --via embed (default): each prompt and each image is embedded once through Embed; a class's
 embedding is the L2-normalized mean of its L2-normalized prompt embeddings (computed here, the
