@@ -96,11 +96,6 @@ class Engine:
         # Text embeddings (raw, truncated?) being fetched right now, by text: see _text_embeds.
         self._in_progress: dict[str, asyncio.Future[tuple[np.ndarray, bool]]] = {}
 
-    async def classify(self, images: Sequence[ImageInput], labels: Sequence[str],
-                       template: str | None, k: int, deadline: float | None,
-                       ) -> list[list[LabelScore]]:
-        return (await self.classify_detailed(images, labels, template, k, deadline)).scores
-
     async def classify_detailed(self, images: Sequence[ImageInput], labels: Sequence[str],
                                 template: str | None, k: int, deadline: float | None, *,
                                 templates: Sequence[str] | None = None, truncate: bool = True,
@@ -124,11 +119,6 @@ class Engine:
             results.append([LabelScore(labels[j], float(row_probs[j]), float(row_logits[j]))
                             for j in order])
         return Classified(results, np.flatnonzero(truncated).tolist())
-
-    async def score(self, images: Sequence[ImageInput], texts: Sequence[str],
-                    deadline: float | None) -> tuple[np.ndarray, np.ndarray]:
-        scored = await self.score_detailed(images, texts, deadline)
-        return scored.logits, scored.probabilities
 
     async def score_detailed(self, images: Sequence[ImageInput], texts: Sequence[str],
                              deadline: float | None, *, truncate: bool = True) -> Scored:

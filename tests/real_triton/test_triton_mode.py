@@ -170,8 +170,9 @@ async def test_rejected_by_triton_decodes_here_and_names_the_bad_field(make_engi
 async def test_bad_image_fails_before_any_tower_call(make_engine):
     engine, backend, _ = make_engine(PreprocessMode.TRITON)
     with pytest.raises(InvalidInput) as err:
-        await engine.classify([EncodedImage(imagegen.photo_jpeg(64, 64)),
-                               EncodedImage(imagegen.pdf_bytes())], ["a"], None, 1, None)
+        await engine.classify_detailed([EncodedImage(imagegen.photo_jpeg(64, 64)),
+                                        EncodedImage(imagegen.pdf_bytes())], ["a"], None, 1,
+                                       None)
     assert err.value.field == "images[1]"
     assert backend.encoded == [] and backend.pixel_rows == []
 

@@ -56,8 +56,8 @@ async def test_concurrent_cold_requests_fetch_each_text_once(engine_and_backend)
     engine, backend = engine_and_backend
     image = RawPixels(bytes(8 * 8 * 3), 8, 8)
     labels = [f"single-flight {i}" for i in range(10)]
-    results = await asyncio.gather(*(
-        engine.classify([image], labels, None, 0, None) for _ in range(5)))
+    results = [c.scores for c in await asyncio.gather(*(
+        engine.classify_detailed([image], labels, None, 0, None) for _ in range(5)))]
     assert sum(backend.text_calls) == len(labels)  # not 5 x 10
     assert all([s.label for s in r[0]] == [s.label for s in results[0][0]] for r in results)
     assert len(backend.image_calls) == 5
