@@ -151,7 +151,6 @@ class SiglipServicer:
         """Metrics and the request's scope for one RPC, and every failure turned into its gRPC
         status. The request id goes back in trailing metadata (``x-request-id``), and in a
         failure's ``google.rpc.RequestInfo`` detail."""
-        start = time.perf_counter()
         code = grpc.StatusCode.OK
         headers = dict(context.invocation_metadata() or ())
         with self._observability.request("grpc", method, headers,
@@ -172,7 +171,7 @@ class SiglipServicer:
                                     (*status.trailing_metadata, *echo))
             finally:
                 scope.set_status(code.name, server_error=code in SERVER_ERRORS)
-                self._finish(method, code, start)
+                self._finish(method, code, scope.start)
 
     def _finish(self, method: str, code: grpc.StatusCode, start: float) -> None:
         self._metrics.request_done(method, "grpc", code.name, time.perf_counter() - start)

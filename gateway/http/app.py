@@ -122,7 +122,6 @@ class HttpApi:
     # -- the one wrapper: auth, limits, deadline, admission, metrics, errors -----------
     async def _call(self, method: str, request: Request, handler: Handler, *,
                     body: bool) -> Response:
-        start = time.perf_counter()
         code = "OK"
         with self._observability.request(
                 "http", method, request.headers,
@@ -153,7 +152,8 @@ class HttpApi:
                     echo["WWW-Authenticate"] = "Bearer"
                 return Response(dumps(error), status.http, echo, media_type=JSON_TYPE)
             finally:
-                self._metrics.request_done(method, "http", code, time.perf_counter() - start)
+                self._metrics.request_done(method, "http", code,
+                                           time.perf_counter() - scope.start)
 
     def _authorize(self, request: Request) -> None:
         if self._expected is None:
