@@ -1,4 +1,4 @@
-"""The HTTP routes (HTTP_CONTRACT.md) over the gRPC server's Engine, as a Starlette app.
+"""The HTTP routes (README, "HTTP and OpenAI") over the gRPC server's Engine, as a Starlette app.
 
 Every /v1 route goes through ``HttpApi._call``: bearer token, body read within the size
 limit, deadline, an admission slot, then metrics (``protocol="http"``) and errors answered

@@ -1,4 +1,4 @@
-"""JSON ⇄ domain conversion for the routes that mirror the RPCs (HTTP_CONTRACT.md).
+"""JSON ⇄ domain conversion for the routes that mirror the RPCs (README, "HTTP and OpenAI").
 
 Bodies mirror the protobuf messages (field names as in siglip.proto, ``bytes`` as standard
 base64). Missing fields take proto3's defaults, so the engine's checks answer as for gRPC;

@@ -67,9 +67,6 @@ def _message_schema(desc: Descriptor) -> Json:
 def _schemas() -> Json:
     messages = pb.DESCRIPTOR.message_types_by_name
     out = {name: _message_schema(desc) for name, desc in messages.items()}
-    if "url" not in out["Image"]["properties"]:  # HTTP_CONTRACT.md: images by URL too
-        out["Image"]["properties"]["url"] = {"type": "string", "format": "uri"}
-        out["Image"]["description"] = "exactly one of data, raw, url"
     out["Error"] = {"type": "object", "properties": {"error": {"type": "object", "properties": {
         "message": {"type": "string"},
         "type": {"type": "string", "description": "OpenAI's error type"},
