@@ -36,7 +36,13 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # X-Stainless-Timeout, after which nobody waits for the answer.
 TIMEOUT_HEADERS = ("x-request-timeout", "x-stainless-timeout")
 JSON_TYPE = "application/json"
+# A route: the body's parser (JSON -> the handler's arguments; None: no body), then the
+# handler (arguments, deadline -> a JSON-able answer).
+Parser = Callable[[Any], Any]
 Handler = Callable[[Any, float | None], Awaitable[Any]]
+# Bodies over this many bytes are parsed and base64-decoded in a thread: a maximal body
+# holds the event loop (shared with gRPC) for tens of milliseconds (BENCHMARKS.md).
+OFFLOAD_BYTES = 256 * 1024
 
 
 def body_limit(max_message_bytes: int) -> int:
@@ -68,19 +74,20 @@ class HttpApi:
         self._openapi = dumps(openapi.document(version))
 
     def app(self) -> Starlette:
-        def post(path: str, method: str, handler: Handler) -> Route:
+        def post(path: str, method: str, parser: Parser, handler: Handler) -> Route:
             async def endpoint(request: Request) -> Response:
-                return await self._call(method, request, handler, body=True)
+                return await self._call(method, request, parser, handler)
             return Route(path, endpoint, methods=["POST"])
 
         async def model_info(request: Request) -> Response:
-            return await self._call("GetModelInfo", request, self._model_info, body=False)
+            return await self._call("GetModelInfo", request, None, self._model_info)
 
         routes = [
-            post("/v1/classify", "Classify", self._classify),
-            post("/v1/embed", "Embed", self._embed),
-            post("/v1/score", "Score", self._score),
-            post("/v1/embeddings", "OpenAIEmbeddings", self._embeddings),
+            post("/v1/classify", "Classify", convert.classify_request, self._classify),
+            post("/v1/embed", "Embed", convert.embed_request, self._embed),
+            post("/v1/score", "Score", convert.score_request, self._score),
+            post("/v1/embeddings", "OpenAIEmbeddings",
+                 lambda body: openai_api.parse(body, self._engine.meta), self._embeddings),
             Route("/v1/models/info", model_info, methods=["GET"]),
             Route("/openapi.json", self._openapi_json, methods=["GET"]),
             Route("/", self._index, methods=["GET"]),
@@ -90,38 +97,36 @@ class HttpApi:
         return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
 
     # -- handlers: JSON in, JSON out ---------------------------------------------------
-    async def _classify(self, body: Any, deadline: float | None) -> Any:
-        a = convert.classify_request(body)
+    async def _classify(self, a: convert.ClassifyArgs, deadline: float | None) -> Any:
         result = await self._engine.classify_detailed(
             a.images, a.labels, a.template, a.top_k, deadline, templates=a.templates,
             truncate=a.truncate)
         return convert.classify_response(result)
 
-    async def _embed(self, body: Any, deadline: float | None) -> Any:
-        a = convert.embed_request(body)
+    async def _embed(self, a: convert.EmbedArgs, deadline: float | None) -> Any:
         result = await self._engine.embed_detailed(a.items, deadline, normalize=a.normalize,
                                                    truncate=a.truncate)
         return convert.embed_response(result, a.float16)
 
-    async def _score(self, body: Any, deadline: float | None) -> Any:
-        images, texts, truncate = convert.score_request(body)
+    async def _score(self, args: tuple[list, list[str], bool], deadline: float | None) -> Any:
+        images, texts, truncate = args
         result = await self._engine.score_detailed(images, texts, deadline, truncate=truncate)
         return convert.score_response(result)
 
-    async def _model_info(self, _body: Any, _deadline: float | None) -> Any:
+    async def _model_info(self, _args: Any, _deadline: float | None) -> Any:
         return convert.model_info(self._engine.meta, self._preprocess_mode,
                                   DEFAULT_PROMPT_TEMPLATE)
 
-    async def _embeddings(self, body: Any, deadline: float | None) -> Any:
-        request = openai_api.parse(body, self._engine.meta)
+    async def _embeddings(self, request: openai_api.EmbeddingsRequest,
+                          deadline: float | None) -> Any:
         embeds, tokens = await asyncio.gather(
             self._engine.embed(request.items, deadline, field="input"),
             self._engine.token_counts(request.texts))
         return openai_api.response(request, embeds, sum(tokens))
 
     # -- the one wrapper: auth, limits, deadline, admission, metrics, errors -----------
-    async def _call(self, method: str, request: Request, handler: Handler, *,
-                    body: bool) -> Response:
+    async def _call(self, method: str, request: Request, parser: Parser | None,
+                    handler: Handler) -> Response:
         code = "OK"
         with self._observability.request(
                 "http", method, request.headers,
@@ -131,12 +136,17 @@ class HttpApi:
             echo = {REQUEST_ID_HEADER: scope.request_id}
             try:
                 self._authorize(request)
-                raw = await self._read(request) if body else b""
-                payload = _parse_json(raw) if body else None
-                scope.add_inputs(*_input_counts(payload), nbytes=len(raw))
+                args = None
+                if parser is not None:
+                    raw = await self._read(request)
+                    offload = len(raw) > OFFLOAD_BYTES
+                    payload = (await asyncio.to_thread(_parse_json, raw) if offload
+                               else _parse_json(raw))
+                    scope.add_inputs(*_input_counts(payload), nbytes=len(raw))
+                    args = await asyncio.to_thread(parser, payload) if offload else parser(payload)
                 deadline = _deadline(request)
                 with self._admission.slot():
-                    result = await handler(payload, deadline)
+                    result = await handler(args, deadline)
                 scope.set_status("200")
                 return Response(dumps(result), headers=echo, media_type=JSON_TYPE)
             except asyncio.CancelledError:
