@@ -9,6 +9,9 @@ tests/unit/test_contract.py checks that those files state exactly these values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 VISION_MODEL = "siglip_vision"
 TEXT_MODEL = "siglip_text"
 # JPEG bytes -> pixels, decoded by Triton (SIGLIP_PREPROCESS_MODE=triton).
@@ -32,3 +35,39 @@ TENSORS = {
 
 # Each model's max_batch_size: larger requests are cut into calls of at most this many rows.
 MAX_ROWS = {VISION_MODEL: 64, TEXT_MODEL: 256, ENCODED_MODEL: 64}
+
+# A deployment of several models (gateway/model_specs.py) names each model's Triton models
+# ``<model>__<name>``: e.g. siglip_vision__so400m. One model keeps the plain names above.
+SUFFIX_SEPARATOR = "__"
+
+
+@dataclass(frozen=True)
+class TritonNames:
+    """The Triton models of one served model."""
+
+    vision: str = VISION_MODEL
+    text: str = TEXT_MODEL
+    decode: str = DECODE_MODEL
+    encoded: str = ENCODED_MODEL
+
+    @classmethod
+    def suffixed(cls, name: str) -> TritonNames:
+        return cls(*(f"{base}{SUFFIX_SEPARATOR}{name}" for base in
+                     (VISION_MODEL, TEXT_MODEL, DECODE_MODEL, ENCODED_MODEL)))
+
+    def towers(self, with_decoder: bool) -> tuple[str, ...]:
+        """What must be ready to serve this model: ENCODED also in triton mode."""
+        return (self.vision, self.text) + ((self.encoded,) if with_decoder else ())
+
+
+def triton_names(names: Sequence[str]) -> dict[str, TritonNames]:
+    """Per served model name (in order), its Triton models: plain for one model, suffixed
+    with the model's name for several."""
+    if len(names) == 1:
+        return {names[0]: TritonNames()}
+    return {name: TritonNames.suffixed(name) for name in names}
+
+
+def base_model(triton_model: str) -> str:
+    """``siglip_vision__so400m`` → ``siglip_vision``: the key of TENSORS and MAX_ROWS."""
+    return triton_model.split(SUFFIX_SEPARATOR, 1)[0]

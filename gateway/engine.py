@@ -49,7 +49,7 @@ from gateway.core.validation import (
     check_texts,
     refuse_truncated,
 )
-from gateway.metrics import Metrics
+from gateway.metrics import ModelMetrics
 from gateway.observability.tracing import Tracing
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class ImageFetcher(Protocol):
 
 class Engine:
     def __init__(self, *, meta: ModelMeta, tokenizer: TextTokenizer, backend: Backend,
-                 pool: Executor, metrics: Metrics, cache: EmbeddingCache,
+                 pool: Executor, metrics: ModelMetrics, cache: EmbeddingCache,
                  request_limits: RequestLimits, image_limits: ImageLimits,
                  mode: PreprocessMode, fetcher: ImageFetcher | None = None,
                  tracing: Tracing | None = None) -> None:
@@ -199,7 +199,7 @@ class Engine:
                             deadline: float | None) -> np.ndarray:
         if not images:
             return np.empty((0, self.meta.embedding_dim), dtype=np.float32)
-        self._metrics.inputs.labels("image").observe(len(images))
+        self._metrics.inputs("image").observe(len(images))
         if any(isinstance(image, ImageUrl) for image in images):
             with self._stage("fetch"):
                 images = await self._fetch_urls(images, fields, deadline)
@@ -210,8 +210,8 @@ class Engine:
         # bytes: for Triton's decoder (TRITON mode); arrays: pixels decoded here.
         encoded = [i for i, p in enumerate(prepared) if isinstance(p, bytes)]
         decoded = [i for i, p in enumerate(prepared) if not isinstance(p, bytes)]
-        self._metrics.image_decodes.labels("gateway").inc(len(decoded))
-        self._metrics.image_decodes.labels("triton").inc(len(encoded))
+        self._metrics.image_decodes("gateway").inc(len(decoded))
+        self._metrics.image_decodes("triton").inc(len(encoded))
         calls = []
         if decoded:
             pixels = np.stack([prepared[i] for i in decoded])
@@ -249,7 +249,7 @@ class Engine:
         except BackendRejected:
             # Triton could not decode one of them (e.g. a truncated JPEG whose header was
             # fine): decode them all here, which names the bad field or succeeds.
-            self._metrics.image_decodes.labels("gateway_retry").inc(len(images))
+            self._metrics.image_decodes("gateway_retry").inc(len(images))
             pixels = await asyncio.gather(*(
                 self._run(self._preprocess, image, field)
                 for image, field in zip(images, fields, strict=True)))
@@ -261,7 +261,7 @@ class Engine:
         if not texts:
             return (np.empty((0, self.meta.embedding_dim), dtype=np.float32),
                     np.zeros(0, dtype=bool))
-        self._metrics.inputs.labels("text").observe(len(texts))
+        self._metrics.inputs("text").observe(len(texts))
         keys = [(self.meta.model_id, t) for t in texts]
         cached = self._cache.get_flagged(keys)
         missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))

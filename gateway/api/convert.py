@@ -107,11 +107,21 @@ def score_response(logits: np.ndarray, probs: np.ndarray) -> pb.ScoreResponse:
         probabilities=probs.ravel().tolist(), logits=logits.ravel().tolist())
 
 
-def model_info_response(meta: ModelMeta, preprocess_mode: str,
-                        default_template: str) -> pb.GetModelInfoResponse:
-    return pb.GetModelInfoResponse(
-        model_id=meta.model_id, random_weights=meta.random_weights,
+def model_info(name: str, meta: ModelMeta, preprocess_mode: str,
+               default_template: str) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=name, model_id=meta.model_id, random_weights=meta.random_weights,
         embedding_dim=meta.embedding_dim, image_size=meta.image_size,
         text_length=meta.text_length, logit_scale=meta.logit_scale,
         logit_bias=meta.logit_bias, preprocess_mode=preprocess_mode,
         default_prompt_template=default_template)
+
+
+def model_info_response(selected: pb.ModelInfo,
+                        models: Sequence[pb.ModelInfo]) -> pb.GetModelInfoResponse:
+    """The ``selected`` model's fields at the top (as before several models could be served),
+    and every served model in ``models``."""
+    response = pb.GetModelInfoResponse(models=models)
+    for field in pb.ModelInfo.DESCRIPTOR.fields:
+        setattr(response, field.name, getattr(selected, field.name))
+    return response

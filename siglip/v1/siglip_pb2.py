@@ -24,47 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16siglip/v1/siglip.proto\x12\tsiglip.v1\"T\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\"\n\x03raw\x18\x02 \x01(\x0b\x32\x13.siglip.v1.RawImageH\x00\x12\r\n\x03url\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"6\n\x08RawImage\x12\x0b\n\x03rgb\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\xc2\x01\n\x0f\x43lassifyRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1c\n\x0fprompt_template\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x18\n\x10prompt_templates\x18\x05 \x03(\t\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x12\n\x10_prompt_templateB\x0b\n\t_truncate\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"7\n\x0e\x43lassification\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.siglip.v1.LabelScore\"X\n\x10\x43lassifyResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.siglip.v1.Classification\x12\x18\n\x10truncated_labels\x18\x02 \x03(\r\"H\n\nEmbedInput\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x10.siglip.v1.ImageH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"\xa9\x01\n\x0c\x45mbedRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12(\n\x05\x64type\x18\x03 \x01(\x0e\x32\x19.siglip.v1.EmbeddingDtype\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_normalizeB\x0b\n\t_truncate\"3\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x16\n\x0e\x66loat16_values\x18\x02 \x01(\x0c\"S\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\x12\x18\n\x10truncated_inputs\x18\x02 \x03(\r\"\xaf\x01\n\x12\x45mbedStreamRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12(\n\x05\x64type\x18\x03 \x01(\x0e\x32\x19.siglip.v1.EmbeddingDtype\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_normalizeB\x0b\n\t_truncate\"Y\n\x13\x45mbedStreamResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\x12\x18\n\x10truncated_inputs\x18\x02 \x03(\r\"c\n\x0cScoreRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_truncate\"v\n\rScoreResponse\x12\x12\n\nnum_images\x18\x01 \x01(\r\x12\x11\n\tnum_texts\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x17\n\x0ftruncated_texts\x18\x05 \x03(\r\"\x15\n\x13GetModelInfoRequest\"\xe3\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0erandom_weights\x18\x02 \x01(\x08\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\x13\n\x0btext_length\x18\x05 \x01(\r\x12\x13\n\x0blogit_scale\x18\x06 \x01(\x02\x12\x12\n\nlogit_bias\x18\x07 \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\x08 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_prompt_template\x18\t \x01(\t*k\n\x0e\x45mbeddingDtype\x12\x1f\n\x1b\x45MBEDDING_DTYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT32\x10\x01\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT16\x10\x02\x32\xef\x02\n\rSiglipService\x12\x43\n\x08\x43lassify\x12\x1a.siglip.v1.ClassifyRequest\x1a\x1b.siglip.v1.ClassifyResponse\x12:\n\x05\x45mbed\x12\x17.siglip.v1.EmbedRequest\x1a\x18.siglip.v1.EmbedResponse\x12P\n\x0b\x45mbedStream\x12\x1d.siglip.v1.EmbedStreamRequest\x1a\x1e.siglip.v1.EmbedStreamResponse(\x01\x30\x01\x12:\n\x05Score\x12\x17.siglip.v1.ScoreRequest\x1a\x18.siglip.v1.ScoreResponse\x12O\n\x0cGetModelInfo\x12\x1e.siglip.v1.GetModelInfoRequest\x1a\x1f.siglip.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16siglip/v1/siglip.proto\x12\tsiglip.v1\"T\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\"\n\x03raw\x18\x02 \x01(\x0b\x32\x13.siglip.v1.RawImageH\x00\x12\r\n\x03url\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"6\n\x08RawImage\x12\x0b\n\x03rgb\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\"\xd1\x01\n\x0f\x43lassifyRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1c\n\x0fprompt_template\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x18\n\x10prompt_templates\x18\x05 \x03(\t\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\r\n\x05model\x18\x07 \x01(\tB\x12\n\x10_prompt_templateB\x0b\n\t_truncate\"?\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"7\n\x0e\x43lassification\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.siglip.v1.LabelScore\"g\n\x10\x43lassifyResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.siglip.v1.Classification\x12\x18\n\x10truncated_labels\x18\x02 \x03(\r\x12\r\n\x05model\x18\x03 \x01(\t\"H\n\nEmbedInput\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x10.siglip.v1.ImageH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"\xb8\x01\n\x0c\x45mbedRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12(\n\x05\x64type\x18\x03 \x01(\x0e\x32\x19.siglip.v1.EmbeddingDtype\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\r\n\x05model\x18\x05 \x01(\tB\x0c\n\n_normalizeB\x0b\n\t_truncate\"3\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x16\n\x0e\x66loat16_values\x18\x02 \x01(\x0c\"b\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\x12\x18\n\x10truncated_inputs\x18\x02 \x03(\r\x12\r\n\x05model\x18\x03 \x01(\t\"\xbe\x01\n\x12\x45mbedStreamRequest\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.siglip.v1.EmbedInput\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12(\n\x05\x64type\x18\x03 \x01(\x0e\x32\x19.siglip.v1.EmbeddingDtype\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\r\n\x05model\x18\x05 \x01(\tB\x0c\n\n_normalizeB\x0b\n\t_truncate\"h\n\x13\x45mbedStreamResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.siglip.v1.Embedding\x12\x18\n\x10truncated_inputs\x18\x02 \x03(\r\x12\r\n\x05model\x18\x03 \x01(\t\"r\n\x0cScoreRequest\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.siglip.v1.Image\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05model\x18\x04 \x01(\tB\x0b\n\t_truncate\"\x85\x01\n\rScoreResponse\x12\x12\n\nnum_images\x18\x01 \x01(\r\x12\x11\n\tnum_texts\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x17\n\x0ftruncated_texts\x18\x05 \x03(\r\x12\r\n\x05model\x18\x06 \x01(\t\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xe6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x15\n\rembedding_dim\x18\x04 \x01(\r\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12\x13\n\x0btext_length\x18\x06 \x01(\r\x12\x13\n\x0blogit_scale\x18\x07 \x01(\x02\x12\x12\n\nlogit_bias\x18\x08 \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\t \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_prompt_template\x18\n \x01(\t\"\x97\x02\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x16\n\x0erandom_weights\x18\x02 \x01(\x08\x12\x15\n\rembedding_dim\x18\x03 \x01(\r\x12\x12\n\nimage_size\x18\x04 \x01(\r\x12\x13\n\x0btext_length\x18\x05 \x01(\r\x12\x13\n\x0blogit_scale\x18\x06 \x01(\x02\x12\x12\n\nlogit_bias\x18\x07 \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\x08 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_prompt_template\x18\t \x01(\t\x12\x0c\n\x04name\x18\n \x01(\t\x12$\n\x06models\x18\x0b \x03(\x0b\x32\x14.siglip.v1.ModelInfo*k\n\x0e\x45mbeddingDtype\x12\x1f\n\x1b\x45MBEDDING_DTYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT32\x10\x01\x12\x1b\n\x17\x45MBEDDING_DTYPE_FLOAT16\x10\x02\x32\xef\x02\n\rSiglipService\x12\x43\n\x08\x43lassify\x12\x1a.siglip.v1.ClassifyRequest\x1a\x1b.siglip.v1.ClassifyResponse\x12:\n\x05\x45mbed\x12\x17.siglip.v1.EmbedRequest\x1a\x18.siglip.v1.EmbedResponse\x12P\n\x0b\x45mbedStream\x12\x1d.siglip.v1.EmbedStreamRequest\x1a\x1e.siglip.v1.EmbedStreamResponse(\x01\x30\x01\x12:\n\x05Score\x12\x17.siglip.v1.ScoreRequest\x1a\x18.siglip.v1.ScoreResponse\x12O\n\x0cGetModelInfo\x12\x1e.siglip.v1.GetModelInfoRequest\x1a\x1f.siglip.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'siglip.v1.siglip_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDDINGDTYPE']._serialized_start=1715
-  _globals['_EMBEDDINGDTYPE']._serialized_end=1822
+  _globals['_EMBEDDINGDTYPE']._serialized_start=2136
+  _globals['_EMBEDDINGDTYPE']._serialized_end=2243
   _globals['_IMAGE']._serialized_start=37
   _globals['_IMAGE']._serialized_end=121
   _globals['_RAWIMAGE']._serialized_start=123
   _globals['_RAWIMAGE']._serialized_end=177
   _globals['_CLASSIFYREQUEST']._serialized_start=180
-  _globals['_CLASSIFYREQUEST']._serialized_end=374
-  _globals['_LABELSCORE']._serialized_start=376
-  _globals['_LABELSCORE']._serialized_end=439
-  _globals['_CLASSIFICATION']._serialized_start=441
-  _globals['_CLASSIFICATION']._serialized_end=496
-  _globals['_CLASSIFYRESPONSE']._serialized_start=498
-  _globals['_CLASSIFYRESPONSE']._serialized_end=586
-  _globals['_EMBEDINPUT']._serialized_start=588
-  _globals['_EMBEDINPUT']._serialized_end=660
-  _globals['_EMBEDREQUEST']._serialized_start=663
-  _globals['_EMBEDREQUEST']._serialized_end=832
-  _globals['_EMBEDDING']._serialized_start=834
-  _globals['_EMBEDDING']._serialized_end=885
-  _globals['_EMBEDRESPONSE']._serialized_start=887
-  _globals['_EMBEDRESPONSE']._serialized_end=970
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=973
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=1148
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=1150
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=1239
-  _globals['_SCOREREQUEST']._serialized_start=1241
-  _globals['_SCOREREQUEST']._serialized_end=1340
-  _globals['_SCORERESPONSE']._serialized_start=1342
-  _globals['_SCORERESPONSE']._serialized_end=1460
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1462
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1483
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1486
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1713
-  _globals['_SIGLIPSERVICE']._serialized_start=1825
-  _globals['_SIGLIPSERVICE']._serialized_end=2192
+  _globals['_CLASSIFYREQUEST']._serialized_end=389
+  _globals['_LABELSCORE']._serialized_start=391
+  _globals['_LABELSCORE']._serialized_end=454
+  _globals['_CLASSIFICATION']._serialized_start=456
+  _globals['_CLASSIFICATION']._serialized_end=511
+  _globals['_CLASSIFYRESPONSE']._serialized_start=513
+  _globals['_CLASSIFYRESPONSE']._serialized_end=616
+  _globals['_EMBEDINPUT']._serialized_start=618
+  _globals['_EMBEDINPUT']._serialized_end=690
+  _globals['_EMBEDREQUEST']._serialized_start=693
+  _globals['_EMBEDREQUEST']._serialized_end=877
+  _globals['_EMBEDDING']._serialized_start=879
+  _globals['_EMBEDDING']._serialized_end=930
+  _globals['_EMBEDRESPONSE']._serialized_start=932
+  _globals['_EMBEDRESPONSE']._serialized_end=1030
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=1033
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=1223
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=1225
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=1329
+  _globals['_SCOREREQUEST']._serialized_start=1331
+  _globals['_SCOREREQUEST']._serialized_end=1445
+  _globals['_SCORERESPONSE']._serialized_start=1448
+  _globals['_SCORERESPONSE']._serialized_end=1581
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1583
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1619
+  _globals['_MODELINFO']._serialized_start=1622
+  _globals['_MODELINFO']._serialized_end=1852
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1855
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2134
+  _globals['_SIGLIPSERVICE']._serialized_start=2246
+  _globals['_SIGLIPSERVICE']._serialized_end=2613
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,64 @@
+"""The served models of one process: an Engine per model, and the lookup of a request's
+``model`` field. Protocol adapters (gateway/api, gateway/http) hold this, never one Engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from gateway.core.errors import InvalidInput
+from gateway.engine import Engine
+from gateway.model_specs import ModelSpec, find_model
+
+
+@dataclass(frozen=True)
+class Served:
+    spec: ModelSpec
+    engine: Engine
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Engines:
+    def __init__(self, served: Sequence[Served]) -> None:
+        if not served:
+            raise ValueError("no model to serve")
+        self._served = list(served)
+        self._by_name = {s.name: s for s in self._served}
+
+    @classmethod
+    def single(cls, engine: Engine, name: str | None = None) -> Engines:
+        """One model (tests, tools): named after its checkpoint unless ``name`` is given."""
+        from gateway.model_specs import default_name
+
+        model_id = engine.meta.model_id
+        return cls([Served(ModelSpec(name or default_name(model_id), model_id), engine)])
+
+    @property
+    def default(self) -> Served:
+        return self._served[0]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    def __iter__(self) -> Iterator[Served]:
+        return iter(self._served)
+
+    def __len__(self) -> int:
+        return len(self._served)
+
+    def get(self, requested: str, field: str = "model") -> Served:
+        """The model a request names (empty: the default); an unknown one is the caller's
+        INVALID_ARGUMENT naming ``field`` and listing what is served."""
+        spec = find_model([s.spec for s in self._served], requested)
+        if spec is None:
+            raise InvalidInput(f"unknown model {_shown(requested)}; served: "
+                               f"{', '.join(self.names)}", field=field)
+        return self._by_name[spec.name]
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:77] + "...")
