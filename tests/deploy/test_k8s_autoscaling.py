@@ -81,12 +81,29 @@ def test_hpa_custom_metrics_come_from_adapter_rules(docs: list[Obj]) -> None:
                 assert m["pods"]["metric"]["name"] in served
 
 
+# The Triton models whose queue time is the towers' saturation, in every deployment shape:
+# one model (plain names) or several (suffixed `__NAME`, gateway/contract.py).
+TOWER_MATCHER = 'model=~"siglip_(vision|text)(__.+)?"'
+
+
+def test_tower_matcher_selects_the_towers_only() -> None:
+    """Prometheus anchors a regex matcher at both ends, as re.fullmatch does."""
+    pattern = re.search(r'=~"(.*)"', TOWER_MATCHER).group(1)  # type: ignore[union-attr]
+    towers = ["siglip_vision", "siglip_text", "siglip_vision__so400m", "siglip_text__base-2"]
+    others = ["siglip_vision_encoded", "siglip_image_decode", "siglip_vision_encoded__so400m",
+              "siglip_image_decode__base", "siglip_vision_encoded__x__y", "resnet"]
+    assert all(re.fullmatch(pattern, m) for m in towers)
+    assert not any(re.fullmatch(pattern, m) for m in others)
+
+
 def test_adapter_queue_time_rule() -> None:
     (rule,) = [r for r in adapter_rules()
                if r["name"]["as"] == "siglip_triton_queue_time_us_per_request"]
     num, _, den = rule["metricsQuery"].partition("/")
-    assert "rate(nv_inference_queue_duration_us{<<.LabelMatchers>>}" in num
-    assert "rate(nv_inference_request_success{<<.LabelMatchers>>}" in den
+    # Towers only, above and below the line: the ensemble and the decoder of
+    # SIGLIP_PREPROCESS_MODE=triton would triple the requests (tests/monitoring check the value).
+    assert f"rate(nv_inference_queue_duration_us{{<<.LabelMatchers>>,{TOWER_MATCHER}}}" in num
+    assert f"rate(nv_inference_request_success{{<<.LabelMatchers>>,{TOWER_MATCHER}}}" in den
     for r in adapter_rules():
         assert r["resources"]["overrides"]["pod"] == {"resource": "pod"}
         assert r["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
@@ -131,6 +148,9 @@ def test_keda_triton_trigger_is_a_value() -> None:
     # Queue time per request is a mean, not a per-pod share: AverageValue would divide it by
     # the replica count.
     assert trigger["metricType"] == "Value"
-    assert "nv_inference_request_success" in trigger["metadata"]["query"]
+    query = trigger["metadata"]["query"]
+    for series in ("nv_inference_queue_duration_us", "nv_inference_request_success"):
+        (matchers,) = re.findall(series + r"\{([^}]*)\}", query)
+        assert TOWER_MATCHER in matchers, (series, query)
     _, trigger = keda_threshold(docs, GATEWAY, "siglip_gateway_requests_in_flight")
     assert trigger["metricType"] == "AverageValue"
