@@ -3,6 +3,10 @@ session's embedded Triton, a real Prometheus per distinct scrape layout of k8s/o
 (scraping at 1 s), then idle, load, and idle again long enough for every window the
 autoscalers' queries use to empty. The tests query Prometheus at the recorded moments.
 
+And a two-model run (`two_model_run`): the same Prometheus setup scraping stand-ins for a
+deployment serving two models with SIGLIP_PREPROCESS_MODE=triton
+(tests/support/synthetic_metrics.py), at rates the tests know; no Triton needed.
+
 Pods: the gateway Deployment gets two (two processes); the Triton Deployment gets one, the
 session's Triton (a second would cost another Triton start). In the colocated layout each
 gateway pod's `triton` sidecar endpoint scrapes that one Triton: the same series under both
@@ -15,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 import pytest_asyncio
 
 from gateway.client import SiglipClient
@@ -33,8 +38,10 @@ from tests.support.monitoring_manifests import (
     autoscaler_queries,
     layout,
     longest_window_s,
+    write_rule_file,
 )
 from tests.support.prometheus import PrometheusServer
+from tests.support.synthetic_metrics import FakeGateway, FakeTriton
 
 PODS_PER_DEPLOYMENT = {GATEWAY: 2, TRITON: 1}
 SCRAPE_INTERVAL_S = 1.0
@@ -172,3 +179,60 @@ async def monitored_run(embedded_triton, tiny_checkpoint: Path,
         finally:
             for s in scrapes:
                 s.prometheus.stop()
+
+
+# Long enough for every $__rate_interval (10 s in the tests) and 1 min window to hold many
+# scrapes at 1 s; the counters grow at constant rates, so longer changes no value.
+TWO_MODEL_SETTLE_S = 12.0
+
+
+@dataclass
+class TwoModelRun:
+    scrapes: list[Scrape]
+    at: float  # unix time to query at: steady traffic on both models
+    started_at: float
+
+
+@pytest.fixture(scope="package")
+def two_model_run(tmp_path_factory) -> Iterator[TwoModelRun]:
+    binary = require_binary("prometheus")
+    rendered: dict[str, list[Obj]] = {o: render(o) for o in OVERLAYS}
+    work = tmp_path_factory.mktemp("monitoring-two-models")
+    gateways = [FakeGateway(in_flight=3 + i) for i in range(PODS_PER_DEPLOYMENT[GATEWAY])]
+    triton = FakeTriton()
+
+    def address_of(container: str, index: int) -> str:
+        if container == "gateway":
+            return gateways[index].address
+        if container == "triton":
+            return triton.address
+        raise AssertionError(f"the manifests scrape container {container!r}: no stand-in")
+
+    # The PrometheusRule too: its alerts, evaluated every second, go pending on these series.
+    rules = write_rule_file(work)
+    by_key: dict[str, Scrape] = {}
+    try:
+        for overlay, docs in rendered.items():
+            lay = layout(overlay, docs, PODS_PER_DEPLOYMENT, address_of)
+            scrape = by_key.get(lay.key())
+            if scrape is None:
+                prom = PrometheusServer(binary, work / f"prometheus-{len(by_key)}",
+                                        lay.scrape_configs, scrape_interval_s=SCRAPE_INTERVAL_S,
+                                        rule_files=[rules])
+                scrape = by_key[lay.key()] = Scrape(prom, lay, [], [])
+            scrape.overlays.append(overlay)
+            scrape.queries.extend(autoscaler_queries(lay, docs))
+        scrapes = list(by_key.values())
+        for s in scrapes:
+            s.prometheus.start()
+        started_at = time.time()
+        for s in scrapes:
+            s.prometheus.wait_all_up()
+        time.sleep(TWO_MODEL_SETTLE_S)
+        yield TwoModelRun(scrapes, time.time(), started_at)
+    finally:
+        for s in by_key.values():
+            s.prometheus.stop()
+        for g in gateways:
+            g.close()
+        triton.close()

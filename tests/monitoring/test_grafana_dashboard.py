@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.metrics import Metrics
 from tests.monitoring.conftest import MonitoredRun
 from tests.support.k8s_render import K8S
 from tests.support.monitoring_manifests import selectors
@@ -40,7 +41,7 @@ BUILT_INS = {"__rate_interval": "10s", "__interval": "2s", "__range": "1m"}
 TOPICS = {
     "request rate by method and code": "siglip_gateway_requests_total",
     "errors": 'code!="OK"',
-    "latency percentiles": "histogram_quantile(0.99, sum by (le, method) "
+    "latency percentiles": "histogram_quantile(0.99, sum by (le, model, method) "
                            "(rate(siglip_gateway_request_duration_seconds_bucket",
     "stage durations": "siglip_gateway_stage_duration_seconds_bucket",
     "in flight": "siglip_gateway_requests_in_flight",
@@ -70,8 +71,20 @@ def targets() -> list[tuple[str, dict[str, Any]]]:
             for t in p["targets"]]
 
 
-def substitute(expr: str, namespace: str) -> str:
-    values = {**BUILT_INS, "namespace": namespace}
+def model_value(selected: list[str] | None, variable: dict[str, Any]) -> str:
+    """The `$model` text Grafana puts into a Prometheus query: the variable's allValue for
+    "All" (None), else each value regex-escaped, several joined as `(a|b)`."""
+    if selected is None:
+        return str(variable["allValue"])
+    escaped = [re.sub(r"([\\.^$*+?()\[\]{}|])", r"\\\1", v) for v in selected]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+def substitute(expr: str, namespace: str, model: list[str] | None = None) -> str:
+    """`expr` with the dashboard's variables filled in: `$model` as Grafana formats the
+    selected models (None: All)."""
+    variable = {v["name"]: v for v in dashboard()["templating"]["list"]}["model"]
+    values = {**BUILT_INS, "namespace": namespace, "model": model_value(model, variable)}
 
     def one(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
@@ -100,6 +113,38 @@ def test_dashboard_shape() -> None:
     exprs = " ".join(t["expr"] for _, t in targets())
     for topic, needle in TOPICS.items():
         assert needle in exprs, f"no panel for {topic} (no query uses {needle})"
+
+
+def per_model_series() -> set[str]:
+    """The gateway's series that carry the `model` label (a Metrics after one request: the
+    request counter's children appear with their first increment)."""
+    metrics = Metrics()
+    metrics.request_done("Embed", "grpc", "OK", 0.1, metrics.models[0])
+    return {s.name for family in metrics.registry.collect() for s in family.samples
+            if "model" in s.labels}
+
+
+def test_model_variable_filters_every_gateway_query() -> None:
+    """`model`: several models can be picked, All by default; All matches any value (also
+    series from before the label existed). Every selector of a per-model gateway series
+    filters on it; Triton's series are left whole (their `model` is the Triton model)."""
+    variable = {v["name"]: v for v in dashboard()["templating"]["list"]}["model"]
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    assert variable["current"]["value"] == ["$__all"]
+    assert variable["datasource"] == DATASOURCE
+    assert "namespace=\"$namespace\"" in variable["query"]
+    per_model = per_model_series()
+    assert "siglip_gateway_requests_total" in per_model
+    filtered = 0
+    for where, target in targets():
+        for selector in selectors(target["expr"]):
+            name = selector.partition("{")[0]
+            if name in per_model:
+                assert 'model=~"$model"' in selector, f"{where}: {selector}"
+                filtered += 1
+            elif name.startswith("nv_inference_"):
+                assert "$model" not in selector, f"{where}: {selector}"
+    assert filtered
 
 
 @monitored

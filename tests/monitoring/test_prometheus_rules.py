@@ -12,29 +12,16 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from gateway.metrics import Metrics
 from tests.support.binaries import require_binary
+from tests.support.monitoring_manifests import prometheus_rule, write_rule_file
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "k8s" / "monitoring" / "prometheus-rules.yaml"
 TESTS = sorted((Path(__file__).parent / "rules").glob("*.test.yaml"))
-RULE_FILE_NAME = "prometheus-rules.rules.yaml"
-
-
-def prometheus_rule() -> dict[str, Any]:
-    (doc,) = [d for d in yaml.safe_load_all(RULES.read_text()) if d]
-    return doc
-
-
-def write_rule_file(directory: Path) -> Path:
-    path = directory / RULE_FILE_NAME
-    path.write_text(yaml.safe_dump(prometheus_rule()["spec"], sort_keys=False))
-    return path
 
 
 def promtool(*args: str) -> None:

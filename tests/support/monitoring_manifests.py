@@ -14,9 +14,13 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.support.k8s_render import (
+    K8S,
     Obj,
     adapter_rules,
     all_containers,
@@ -213,3 +217,22 @@ def selectors(expr: str) -> list[str]:
 
 def longest_window_s(exprs: list[str]) -> int:
     return max((int(n) * _SECONDS[u] for e in exprs for n, u in _WINDOW.findall(e)), default=0)
+
+
+# --- the PrometheusRule -------------------------------------------------------------------------
+
+RULES = K8S / "monitoring" / "prometheus-rules.yaml"
+RULE_FILE_NAME = "prometheus-rules.rules.yaml"
+
+
+def prometheus_rule() -> dict[str, Any]:
+    (doc,) = [d for d in yaml.safe_load_all(RULES.read_text()) if d]
+    return doc
+
+
+def write_rule_file(directory: Path) -> Path:
+    """The PrometheusRule's spec as a plain rule file (what promtool and a Prometheus that
+    is not run by the operator read), written into `directory`."""
+    path = directory / RULE_FILE_NAME
+    path.write_text(yaml.safe_dump(prometheus_rule()["spec"], sort_keys=False))
+    return path

@@ -37,15 +37,18 @@ class PrometheusServer:
     """One `prometheus` process; `start()` returns once it answers /-/ready."""
 
     def __init__(self, binary: str, workdir: Path, scrape_configs: list[dict[str, Any]], *,
-                 scrape_interval_s: float = 1.0) -> None:
+                 scrape_interval_s: float = 1.0, rule_files: list[Path] | None = None) -> None:
+        """`rule_files`: plain rule files to load, evaluated at the scrape interval."""
         self.binary = binary
         self.workdir = workdir
         interval = f"{scrape_interval_s:g}s"
-        self.config = {
+        self.config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "scrape_timeout": interval,
                        "evaluation_interval": interval},
             "scrape_configs": scrape_configs,
         }
+        if rule_files:
+            self.config["rule_files"] = [str(f) for f in rule_files]
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
