@@ -92,7 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         t.set_defaults(run_tool=tool.run)
 
     s = sub.add_parser("serve", help="run the gRPC service (embedded Triton unless --triton-url)")
-    s.add_argument("--model", help="hub id or local checkpoint directory (SIGLIP_MODEL)")
+    s.add_argument("--model", action="append",
+                   help="[NAME=]CHECKPOINT: a hub id or local checkpoint directory, optionally "
+                        "named; repeat it to serve several models, the first the default "
+                        "(SIGLIP_MODEL, comma-separated)")
+    s.add_argument("--models-file",
+                   help="the models and their limits in a TOML or JSON file "
+                        "(SIGLIP_MODELS_FILE; README, 'Several models')")
     s.add_argument("--host", help="address to listen on (SIGLIP_HOST)")
     s.add_argument("--port", type=int, help="gRPC port (SIGLIP_PORT, default 50051)")
     s.add_argument("--metrics-port", type=int,
@@ -213,7 +219,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(
-            model=args.model, host=args.host, port=args.port, metrics_port=args.metrics_port,
+            model=",".join(args.model) if args.model else None, models_file=args.models_file,
+            host=args.host, port=args.port, metrics_port=args.metrics_port,
             http_port=args.http_port,
             triton_url=args.triton_url, preprocess_mode=args.preprocess_mode,
             processes=args.processes)

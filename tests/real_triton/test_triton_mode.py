@@ -77,7 +77,7 @@ def make_engine(meta):
     def make(mode: PreprocessMode) -> tuple[Engine, RoutingBackend, Metrics]:
         backend, metrics = RoutingBackend(meta.embedding_dim), Metrics()
         engine = Engine(meta=meta, tokenizer=TextTokenizer.for_model(meta),
-                        backend=backend, pool=pool, metrics=metrics,
+                        backend=backend, pool=pool, metrics=metrics.for_model("default"),
                         cache=EmbeddingCache(100), request_limits=RequestLimits(),
                         image_limits=LIMITS, mode=mode)
         return engine, backend, metrics
@@ -88,7 +88,7 @@ def make_engine(meta):
 
 def _decodes(metrics: Metrics) -> dict[str, float]:
     return {where: metrics.registry.get_sample_value("siglip_gateway_image_decodes_total",
-                                                     {"where": where})
+                                                     {"where": where, "model": "default"})
             for where in ("gateway", "triton", "gateway_retry")}
 
 
