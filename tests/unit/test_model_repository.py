@@ -304,3 +304,17 @@ def test_launcher_reports_a_repository_it_cannot_build(tmp_path: Path,
     assert info.value.reason == "repository"
     assert os.listdir(tmp_path / "tmp") == []  # the temporary repository is removed
     assert triton.model_repository == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "give --model or --models-file"),
+    (["--model", "Bad_Name=x"], "model name 'Bad_Name'"),
+    (["--model", "a=x", "--model", "a=y"], "two models are named 'a'"),
+])
+def test_foreground_cli_refuses_bad_models(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                           message: str) -> None:
+    from gateway.embedded_triton.cli import main as run_main
+
+    with pytest.raises(SystemExit) as info:
+        run_main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
