@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.contract import TritonNames
 from gateway.core.images import ImageLimits, preprocess_encoded
+from gateway.embedded_triton.repository import default_model_repository
 from tests.support.hf_reference import features
 from tests.support.photos import photo_jpeg
 
@@ -116,7 +117,9 @@ def test_every_models_triton_models_and_nothing_else_are_loaded(two_model_triton
     names = [TritonNames.suffixed(n) for n in NAMES]
     expected = {m for t in names for m in (t.vision, t.text, t.decode, t.encoded)}
     assert set(two_model_triton.models) == expected
-    assert two_model_triton.model_repository.parent != Path(__file__).resolve().parents[2]
+    generated = two_model_triton.model_repository
+    assert generated != default_model_repository()
+    assert {p.name for p in generated.iterdir()} == expected
     index = client.get_model_repository_index(as_json=True)["models"]
     assert {m["name"]: m.get("state") for m in index} == dict.fromkeys(expected, "READY")
 
