@@ -3,20 +3,23 @@ adapters' tests (HTTP, OpenAI): which model a request reaches is visible in what
 
 ``base`` is the tiny checkpoint as it is; ``large`` is the same checkpoint's tokenizer and text
 length described as another model (its own id, embedding size and logit bias), so its answers
-differ in shape and value. Each backend counts the rows it was sent.
+differ in shape and value. Each backend counts the rows it was sent. ``http_serving`` puts
+them behind the HTTP API on a real socket.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from gateway.admission import Admission
+from gateway.config import Settings
 from gateway.core.cache import EmbeddingCache
 from gateway.core.images import ImageLimits, PreprocessMode
 from gateway.core.model_meta import load_model_meta
@@ -24,6 +27,8 @@ from gateway.core.text import TextTokenizer
 from gateway.core.validation import RequestLimits
 from gateway.engine import Engine
 from gateway.engines import Engines, Served
+from gateway.http.app import HttpApi
+from gateway.http.server import HttpServer
 from gateway.metrics import Metrics
 from gateway.model_specs import ModelSpec
 
@@ -95,3 +100,18 @@ def two_models(checkpoint: Path) -> Iterator[TwoModels]:
             request_limits=RequestLimits(), image_limits=ImageLimits(),
             mode=PreprocessMode.EXACT)) for name in (BASE, LARGE)]
         yield TwoModels(Engines(served), metrics, backends, checkpoint)
+
+
+@asynccontextmanager
+async def http_serving(models: TwoModels, **api_options: object) -> AsyncIterator[str]:
+    """The HTTP API (gateway/http/) over ``models`` on 127.0.0.1; yields its base URL."""
+    options: dict[str, object] = {"preprocess_mode": "exact", "max_message_bytes": 1 << 20}
+    options.update(api_options)
+    api = HttpApi(models.engines, Admission(8, models.metrics.in_flight), models.metrics,
+                  **options)  # type: ignore[arg-type]
+    server = HttpServer(api.app(), Settings.from_env({}, host="127.0.0.1", http_port=0))
+    port = await server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await server.stop(1.0)

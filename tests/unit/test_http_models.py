@@ -19,13 +19,16 @@ import openai
 import pytest
 import pytest_asyncio
 
-from gateway.admission import Admission
-from gateway.config import Settings
-from gateway.http.app import HttpApi
-from gateway.http.server import HttpServer
 from siglip.v1 import siglip_pb2 as pb
 from tests.support.gateway_harness import small_rgb
-from tests.support.two_models import BASE, LARGE, LARGE_CHECKPOINT, TwoModels, two_models
+from tests.support.two_models import (
+    BASE,
+    LARGE,
+    LARGE_CHECKPOINT,
+    TwoModels,
+    http_serving,
+    two_models,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,15 +52,8 @@ class Running:
 @pytest_asyncio.fixture(scope="module")
 async def api(tiny_checkpoint) -> AsyncIterator[Running]:
     with two_models(tiny_checkpoint) as models:
-        http = HttpApi(models.engines, Admission(8, models.metrics.in_flight), models.metrics,
-                       preprocess_mode="exact", max_message_bytes=1 << 20)
-        settings = Settings.from_env({}, host="127.0.0.1", http_port=0)
-        server = HttpServer(http.app(), settings)
-        port = await server.start()
-        try:
-            yield Running(f"http://127.0.0.1:{port}", models)
-        finally:
-            await server.stop(1.0)
+        async with http_serving(models) as url:
+            yield Running(url, models)
 
 
 def _image(seed: int = 0) -> dict:
