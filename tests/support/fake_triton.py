@@ -4,7 +4,9 @@ Speaks Triton's real gRPC protocol (tritonclient's generated servicer) on 127.0.
 gateway's production ``TritonBackend`` talks to it unchanged. It serves the two SigLIP towers
 with deterministic embeddings of the checkpoint's size and lets a test set an upstream delay, an
 error status and the readiness flag, count calls and see which calls the client cancelled.
-It can stop and start again on the same port (Triton going away and coming back).
+It can stop and start again on the same port (Triton going away and coming back). With several
+models served, it answers for each one's suffixed towers too (``siglip_text__NAME``,
+gateway/contract.py); ``received`` tells which model's towers a call went to.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.grpc import service_pb2_grpc as tpb_grpc
 
-from gateway.contract import TENSORS, TEXT_MODEL, VISION_MODEL
+from gateway.contract import TENSORS, TEXT_MODEL, VISION_MODEL, base_model
 from siglip_tools.checkpoint import shape_of
 
 # The tiny test checkpoint's shapes (tests/conftest.py makes it with the defaults).
@@ -66,7 +68,9 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         self._fake.ready_checks += 1
-        return tpb.ModelReadyResponse(ready=self._fake.ready and request.name in MODELS)
+        # Several models: each one's towers are suffixed (siglip_vision__NAME), same tensors.
+        return tpb.ModelReadyResponse(ready=self._fake.ready
+                                      and base_model(request.name) in MODELS)
 
     async def ModelStatistics(self, request, context):
         stats = tpb.ModelStatisticsResponse()
@@ -79,9 +83,9 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         fake = self._fake
         model = request.model_name
-        if model not in MODELS:
+        if base_model(model) not in MODELS:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{model}'")
-        input_name, dtype, row_shape, output_name = MODELS[model]
+        input_name, dtype, row_shape, output_name = MODELS[base_model(model)]
         tensor = request.inputs[0]
         if (tensor.name != input_name or tensor.datatype != dtype
                 or tuple(tensor.shape[1:]) != row_shape):
