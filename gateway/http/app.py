@@ -112,7 +112,9 @@ class HttpApi:
                   self._embeddings),
             route("/v1/models/info", "GET", "GetModelInfo", query_model, None,
                   self._model_info),
-            route("/v1/models", "GET", "OpenAIModels", no_model, None, self._models),
+            # Counted as GetModelInfo: the same facts in OpenAI's shape, and, as they, no
+            # inference (no "total" stage time; gateway/metrics.py).
+            route("/v1/models", "GET", "GetModelInfo", no_model, None, self._models),
             Route("/openapi.json", self._openapi_json, methods=["GET"]),
             Route("/", self._index, methods=["GET"]),
         ]
