@@ -4,7 +4,9 @@ Speaks Triton's real gRPC protocol (tritonclient's generated servicer) on 127.0.
 gateway's production ``TritonBackend`` talks to it unchanged. It serves the two SigLIP towers
 with deterministic embeddings of the checkpoint's size and lets a test set an upstream delay, an
 error status and the readiness flag, count calls and see which calls the client cancelled.
-It can stop and start again on the same port (Triton going away and coming back).
+It can stop and start again on the same port (Triton going away and coming back). With several
+models served, it answers for each one's suffixed towers too (``siglip_text__NAME``,
+gateway/contract.py); ``received`` tells which model's towers a call went to.
 """
 
 from __future__ import annotations
