@@ -1,7 +1,8 @@
 """Zero-shot top-1 / top-5 accuracy of a served model on an image folder, as ImageNet is scored.
 
-    python bench/zeroshot_eval.py --server HOST:PORT --images DIR [--classes FILE]
-        [--templates FILE | --template T ...] [--via embed|classify] [--batch-size N]
+    python bench/zeroshot_eval.py --server HOST:PORT --images DIR [--model NAME]
+        [--classes FILE] [--templates FILE | --template T ...] [--via embed|classify]
+        [--batch-size N]
         [--concurrency N] [--limit-per-class N] [--json OUT] [--predictions OUT.csv]
 
 DIR holds one subfolder per class (torchvision's ImageFolder layout); classes are the
@@ -19,8 +20,9 @@ logit_bias from GetModelInfo. --via classify: the server does the ensemble (Clas
 prompt_templates), classes in chunks that fit its per-request limit on prompts; exact, because
 SigLIP scores each label on its own, but every image is embedded once per chunk.
 Reports top-1, top-5, images/s end to end (reading files included), and the prompts the server
-truncated to the model's text length. With random weights (GetModelInfo.random_weights) the
-accuracy means nothing; the script says so.
+truncated to the model's text length. --model picks one of the models the server serves (every
+call names it; default: the server's default model). With random weights
+(GetModelInfo.random_weights) the accuracy means nothing; the script says so.
 """
 
 from __future__ import annotations
@@ -93,13 +95,14 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 async def class_embeddings(client: SiglipClient, classes: Sequence[str],
                            templates: Sequence[str], texts_per_call: int, timeout: float,
-                           ) -> tuple[np.ndarray, set[int]]:
+                           model: str | None = None) -> tuple[np.ndarray, set[int]]:
     """(C, D) unit class embeddings (the CLIP ensemble recipe), and the classes with a prompt
     the server truncated."""
     prompts = [fill(t, name) for name in classes for t in templates]
     embeds, truncated = [], set()
     for start in range(0, len(prompts), texts_per_call):
-        reply = await client.embed_reply(prompts[start:start + texts_per_call], timeout=timeout)
+        reply = await client.embed_reply(prompts[start:start + texts_per_call], model=model,
+                                         timeout=timeout)
         embeds.append(reply.embeddings)
         truncated.update((start + i) // len(templates) for i in reply.truncated_inputs)
     per_prompt = unit(np.concatenate(embeds)).reshape(len(classes), len(templates), -1)
@@ -112,19 +115,21 @@ def fill(template: str, name: str) -> str:
 
 
 async def logits_via_embed(client: SiglipClient, images: list[bytes], classes: np.ndarray,
-                           scale: float, bias: float, timeout: float) -> np.ndarray:
-    image_units = unit(await client.embed(images, timeout=timeout))
+                           scale: float, bias: float, timeout: float,
+                           model: str | None = None) -> np.ndarray:
+    image_units = unit(await client.embed(images, model=model, timeout=timeout))
     return scale * (image_units @ classes.T) + bias
 
 
 async def logits_via_classify(client: SiglipClient, images: list[bytes], classes: list[str],
                               templates: list[str] | None, per_call: int, timeout: float,
-                              truncated: set[int]) -> np.ndarray:
+                              truncated: set[int], model: str | None = None) -> np.ndarray:
     out = np.empty((len(images), len(classes)), np.float64)
     for start in range(0, len(classes), per_call):
         chunk = classes[start:start + per_call]
         kwargs: dict[str, Any] = {"prompt_templates": templates} if templates else {}
-        reply = await client.classify_reply(images, chunk, timeout=timeout, **kwargs)
+        reply = await client.classify_reply(images, chunk, model=model, timeout=timeout,
+                                            **kwargs)
         truncated.update(start + j for j in reply.truncated_labels)
         for row, scores in zip(out, reply.results, strict=True):
             # Labels may repeat; each LabelScore is matched to the first unused column.
@@ -146,13 +151,13 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     templates = read_templates(args)
     start = time.perf_counter()
     async with SiglipClient(args.server, token=args.token) as client:
-        info = await client.model_info(timeout=args.timeout)
+        info = await client.model_info(model=args.model, timeout=args.timeout)
         truncated: set[int] = set()
         classes, scale = np.empty((0, 0)), float(np.exp(np.float64(info.logit_scale)))
         if args.via == "embed":
             classes, truncated = await class_embeddings(
                 client, data.classes, templates or [info.default_prompt_template],
-                args.texts_per_call, args.timeout)
+                args.texts_per_call, args.timeout, info.name)
         # --via classify: as many classes per call as their prompts fit in the server's limit.
         per_call = max(1, args.texts_per_call // (len(templates) if templates else 1))
         gate = asyncio.Semaphore(args.concurrency)
@@ -163,9 +168,9 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     lambda: [data.paths[i].read_bytes() for i in indices])
                 if args.via == "embed":
                     return await logits_via_embed(client, images, classes, scale,
-                                                  info.logit_bias, args.timeout)
+                                                  info.logit_bias, args.timeout, info.name)
                 return await logits_via_classify(client, images, data.classes, templates,
-                                                 per_call, args.timeout, truncated)
+                                                 per_call, args.timeout, truncated, info.name)
 
         batches = [range(i, min(i + args.batch_size, len(data.paths)))
                    for i in range(0, len(data.paths), args.batch_size)]
@@ -174,7 +179,8 @@ async def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     best = top_k(logits, min(TOP_K, len(data.classes)))
     targets = np.asarray(data.targets)
     result = {
-        "model_id": info.model_id, "random_weights": info.random_weights, "via": args.via,
+        "model": info.name, "model_id": info.model_id, "random_weights": info.random_weights,
+        "via": args.via,
         "images": len(data.paths), "classes": len(data.classes),
         "templates": len(templates) if templates else 1,
         "top1": float(np.mean(best[:, 0] == targets)),
@@ -197,6 +203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", required=True, help="gateway HOST:PORT")
     p.add_argument("--token", help="bearer token, when the server requires one")
+    p.add_argument("--model", help="the served model to evaluate: its name, checkpoint or the "
+                                   "checkpoint's last path part (default: the server's default)")
     p.add_argument("--images", type=Path, required=True, help="folder of class subfolders")
     p.add_argument("--classes", type=Path, help="class names, one per line, in folder order")
     p.add_argument("--templates", type=Path, help="prompt templates, one per line")
@@ -217,7 +225,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     result = asyncio.run(evaluate(args))
-    print(f"{result['model_id']} via {result['via']}: {result['images']} images, "
+    name = f"{result['model']} ({result['model_id']})" if result["model"] else result["model_id"]
+    print(f"{name} via {result['via']}: {result['images']} images, "
           f"{result['classes']} classes, {result['templates']} template(s)")
     print(f"top-1 {100 * result['top1']:.2f} %  top-5 {100 * result['top5']:.2f} %  "
           f"{result['images_per_second']:.1f} images/s")

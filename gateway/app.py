@@ -10,10 +10,11 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 from gateway.config import Settings
 from gateway.core.families import check_approximable
-from gateway.core.model_meta import load_model_meta, resolve_checkpoint
+from gateway.core.model_meta import ModelMeta, load_model_meta, resolve_checkpoint
 from gateway.observability.tracing import Tracing, TracingConfig, require_sdk
 from gateway.server import GatewayServer
 
@@ -36,11 +37,16 @@ async def serve(settings: Settings, tracing_config: TracingConfig | None = None)
 async def _serve(settings: Settings, tracing: Tracing) -> int:
     if settings.processes == 1:  # with more, the workers tokenize, not this process
         _import_transformers_without_torch()
-    checkpoint = await asyncio.to_thread(resolve_checkpoint, settings.model)
+    specs = settings.model_specs()
+    checkpoints = {spec.name: await asyncio.to_thread(resolve_checkpoint, spec.checkpoint)
+                   for spec in specs}
     # Refuse a checkpoint (or a mode) that cannot be served before Triton spends minutes on it.
-    checked = await asyncio.to_thread(load_model_meta, str(checkpoint))
-    if settings.preprocess_mode != "exact":
-        check_approximable(checked.image.resample, settings.preprocess_mode)
+    metas = {}
+    for spec in specs:
+        meta = await asyncio.to_thread(load_model_meta, str(checkpoints[spec.name]))
+        if settings.preprocess_mode != "exact":
+            check_approximable(meta.image.resample, settings.preprocess_mode)
+        metas[spec.name] = dataclasses.replace(meta, model_id=spec.checkpoint)
     triton = None
     triton_url = settings.triton_url
     if not triton_url:
@@ -48,11 +54,16 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
 
         threading = CpuThreading(threads=settings.triton_cpu_threads,
                                  interop_threads=settings.triton_cpu_interop_threads)
-        triton = EmbeddedTriton(model=str(checkpoint), restart_on_exit=True,
+        first = str(checkpoints[specs[0].name])
+        # Several models: a repository generated for them (gateway/embedded_triton/repository.py).
+        served = ([(spec.name, str(checkpoints[spec.name])) for spec in specs]
+                  if len(specs) > 1 else None)
+        triton = EmbeddedTriton(model=first, served=served, restart_on_exit=True,
                                 startup_timeout_s=settings.triton_startup_timeout_s,
                                 cpu_threading=threading,
                                 extra_args=trace_args(settings.triton_trace_config))
-        log.info("starting embedded Triton for %s", checkpoint)
+        log.info("starting embedded Triton for %s", ", ".join(
+            f"{spec.name}={checkpoints[spec.name]}" for spec in specs))
         await asyncio.to_thread(triton.start)
         triton_url = triton.grpc_url
     stop = asyncio.Event()
@@ -63,13 +74,11 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
         if settings.processes > 1:
             from gateway.processes.supervisor import Supervisor
 
-            model_meta = await asyncio.to_thread(load_model_meta, str(checkpoint))
-            supervisor = Supervisor(settings, checkpoint, triton_url,
-                                    dataclasses.replace(model_meta, model_id=settings.model),
+            supervisor = Supervisor(settings, checkpoints, triton_url, metas,
                                     embedded=triton is not None)
             return await supervisor.run(stop)
         # One process: this one serves (as before --processes existed).
-        server = GatewayServer(settings, triton_url, checkpoint=checkpoint, tracing=tracing)
+        server = GatewayServer(settings, triton_url, checkpoints=checkpoints, tracing=tracing)
         bound = await server.start()
         ready = asyncio.create_task(server.ready.wait())
         stopping = asyncio.create_task(stop.wait())
@@ -77,14 +86,9 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
         ready.cancel()
         stopping.cancel()
         if server.ready.is_set():
-            meta = server.meta
-            assert meta is not None
-            log.info(
-                "siglip-gateway ready: grpc %s:%d, metrics :%s, http :%s, model %s%s, "
-                "embedding dim %d, triton %s%s", settings.host, bound.port, bound.metrics_port,
-                bound.http_port, settings.model,
-                " (RANDOM WEIGHTS: scores are meaningless)" if meta.random_weights else "",
-                meta.embedding_dim, triton_url, " (embedded)" if triton else "")
+            log.info("siglip-gateway ready: grpc %s:%d, metrics :%s, http :%s, %s, triton %s%s",
+                     settings.host, bound.port, bound.metrics_port, bound.http_port,
+                     describe_models(metas), triton_url, " (embedded)" if triton else "")
         await stop.wait()
         log.info("signal received: shutting down (grace %.0f s)", settings.shutdown_grace_s)
         await server.shutdown()
@@ -93,6 +97,18 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(triton.stop)
     return 0
+
+
+def describe_models(metas: Mapping[str, ModelMeta]) -> str:
+    """For the ready line: each model's name, checkpoint and embedding size, the default
+    first, with random weights said loudly."""
+    parts = []
+    for i, (name, meta) in enumerate(metas.items()):
+        default = " (default)" if i == 0 and len(metas) > 1 else ""
+        random = " (RANDOM WEIGHTS: scores are meaningless)" if meta.random_weights else ""
+        parts.append(f"model {name}={meta.model_id}{default}{random}, "
+                     f"embedding dim {meta.embedding_dim}")
+    return "; ".join(parts)
 
 
 def _import_transformers_without_torch() -> None:

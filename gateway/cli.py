@@ -92,7 +92,13 @@ def _parser() -> argparse.ArgumentParser:
         t.set_defaults(run_tool=tool.run)
 
     s = sub.add_parser("serve", help="run the gRPC service (embedded Triton unless --triton-url)")
-    s.add_argument("--model", help="hub id or local checkpoint directory (SIGLIP_MODEL)")
+    s.add_argument("--model", action="append",
+                   help="[NAME=]CHECKPOINT: a hub id or local checkpoint directory, optionally "
+                        "named; repeat it to serve several models, the first the default "
+                        "(SIGLIP_MODEL, comma-separated)")
+    s.add_argument("--models-file",
+                   help="the models and their limits in a TOML or JSON file "
+                        "(SIGLIP_MODELS_FILE; README, 'Several models')")
     s.add_argument("--host", help="address to listen on (SIGLIP_HOST)")
     s.add_argument("--port", type=int, help="gRPC port (SIGLIP_PORT, default 50051)")
     s.add_argument("--metrics-port", type=int,
@@ -113,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--token", help="bearer token, when the server requires one")
         c.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds")
         c.add_argument("--json", action="store_true", help="print JSON")
+        c.add_argument("--model", metavar="NAME",
+                       help="the served model to ask: its name, checkpoint or the checkpoint's "
+                            "last path part (default: the server's default model)")
         return c
 
     c = client("classify", "zero-shot classify images against labels")
@@ -139,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         texts_command.add_argument(
             "--no-truncate", action="store_true",
             help="refuse texts longer than the model's text length instead of truncating them")
-    client("info", "show what the server serves")
+    client("info", "show every model the server serves (JSON; --model: the one at the top)")
     return p
 
 
@@ -213,7 +222,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(
-            model=args.model, host=args.host, port=args.port, metrics_port=args.metrics_port,
+            model=",".join(args.model) if args.model else None, models_file=args.models_file,
+            host=args.host, port=args.port, metrics_port=args.metrics_port,
             http_port=args.http_port,
             triton_url=args.triton_url, preprocess_mode=args.preprocess_mode,
             processes=args.processes)
@@ -256,7 +266,7 @@ async def _run_client(args: argparse.Namespace) -> int:
             reply = await client.classify_reply(
                 images, labels, prompt_template=templates[0] if len(templates) == 1 else None,
                 prompt_templates=templates if len(templates) > 1 else (), top_k=args.top_k,
-                truncate=truncate, timeout=args.timeout)
+                truncate=truncate, model=args.model, timeout=args.timeout)
             _note_truncated("label", [labels[i] for i in reply.truncated_labels])
             results = reply.results
             if args.json:
@@ -270,7 +280,7 @@ async def _run_client(args: argparse.Namespace) -> int:
             inputs = [*images, *args.text]
             embed_reply = await client.embed_reply(
                 inputs, normalize=False if args.no_normalize else None, dtype=args.dtype,
-                truncate=truncate, timeout=args.timeout)
+                truncate=truncate, model=args.model, timeout=args.timeout)
             embeds = embed_reply.embeddings
             _note_truncated("text", [inputs[i] for i in embed_reply.truncated_inputs])
             names = args.image + [repr(t) for t in args.text]
@@ -281,7 +291,8 @@ async def _run_client(args: argparse.Namespace) -> int:
                     head = " ".join(f"{v:+.4f}" for v in vec[:6])
                     print(f"{name}: dim {len(vec)} [{head} ...]")
         elif args.command == "score":
-            result = await client.score(images, texts, truncate=truncate, timeout=args.timeout)
+            result = await client.score(images, texts, truncate=truncate, model=args.model,
+                                        timeout=args.timeout)
             _note_truncated("text", [texts[i] for i in result.truncated_texts])
             if args.json:
                 print(json.dumps({"logits": result.logits.tolist(),
@@ -291,7 +302,7 @@ async def _run_client(args: argparse.Namespace) -> int:
                     pairs = zip(texts, row, strict=True)
                     print(path + ": " + "  ".join(f"{t}={p:.4f}" for t, p in pairs))
         else:
-            info = await client.model_info(timeout=args.timeout)
+            info = await client.model_info(model=args.model, timeout=args.timeout)
             from google.protobuf import json_format
 
             print(json_format.MessageToJson(info, always_print_fields_with_no_presence=True))

@@ -15,9 +15,9 @@ from typing import Any
 from gateway.core.images import ImageLimits
 from gateway.core.validation import RequestLimits
 from gateway.fetch.policy import AllowList
+from gateway.model_specs import ModelSpec, resolve_models
 from gateway.processes.cpus import default_processes, default_threads
 
-DEFAULT_MODEL = "google/siglip-base-patch16-256"
 ENV_PREFIX = "SIGLIP_"
 MiB = 1024 * 1024
 
@@ -26,7 +26,11 @@ MiB = 1024 * 1024
 class Settings:
     """Every knob of the gateway. The README's settings table lists these with their defaults."""
 
-    model: str = DEFAULT_MODEL
+    # The models served: comma-separated [NAME=]CHECKPOINT, the first the default (empty:
+    # google/siglip-base-patch16-256), or a models file (TOML/JSON) that may also give per-model
+    # limits; not both (gateway/model_specs.py).
+    model: str = ""
+    models_file: str = ""
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 9090
@@ -126,6 +130,7 @@ class Settings:
             raise ValueError("SIGLIP_TRITON_CPU_THREADS must be 0 (auto) or more")
         if self.triton_cpu_interop_threads < 1:
             raise ValueError("SIGLIP_TRITON_CPU_INTEROP_THREADS must be at least 1")
+        self.model_specs()  # a bad model list or models file fails the start, naming the entry
         AllowList.parse(self.image_url_allow)  # a bad entry fails the start, naming it
         if self.image_url_max_bytes < 0 or self.image_url_max_redirects < 0:
             raise ValueError("SIGLIP_IMAGE_URL_MAX_BYTES and SIGLIP_IMAGE_URL_MAX_REDIRECTS "
@@ -137,6 +142,10 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError(
                 "SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
+
+    def model_specs(self) -> list[ModelSpec]:
+        """The served models, the default first (reads the models file, if one is given)."""
+        return resolve_models(self.model, self.models_file)
 
     def shm_enabled(self) -> bool:
         """Shared memory only reaches a Triton on this host: the embedded one (no URL), or

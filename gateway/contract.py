@@ -60,11 +60,15 @@ class TritonNames:
         return (self.vision, self.text) + ((self.encoded,) if with_decoder else ())
 
 
+# The names of a one-model deployment.
+PLAIN_NAMES = TritonNames()
+
+
 def triton_names(names: Sequence[str]) -> dict[str, TritonNames]:
     """Per served model name (in order), its Triton models: plain for one model, suffixed
     with the model's name for several."""
     if len(names) == 1:
-        return {names[0]: TritonNames()}
+        return {names[0]: PLAIN_NAMES}
     return {name: TritonNames.suffixed(name) for name in names}
 
 

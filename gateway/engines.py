@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from gateway.core.errors import InvalidInput
 from gateway.engine import Engine
-from gateway.model_specs import ModelSpec, find_model
+from gateway.model_specs import ModelSpec, find_models
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,17 @@ class Engines:
         return len(self._served)
 
     def get(self, requested: str, field: str = "model") -> Served:
-        """The model a request names (empty: the default); an unknown one is the caller's
-        INVALID_ARGUMENT naming ``field`` and listing what is served."""
-        spec = find_model([s.spec for s in self._served], requested)
-        if spec is None:
+        """The model a request names (empty: the default); an unknown or ambiguous one is the
+        caller's INVALID_ARGUMENT naming ``field`` and listing what is served."""
+        found = find_models([s.spec for s in self._served], requested)
+        if not found:
             raise InvalidInput(f"unknown model {_shown(requested)}; served: "
                                f"{', '.join(self.names)}", field=field)
-        return self._by_name[spec.name]
+        if len(found) > 1:
+            raise InvalidInput(f"{_shown(requested)} is served under several names "
+                               f"({', '.join(s.name for s in found)}): give the name",
+                               field=field)
+        return self._by_name[found[0].name]
 
 
 def _shown(value: str) -> str:

@@ -157,15 +157,16 @@ def _spec_from_table(entry: Mapping[str, Any], where: str) -> ModelSpec:
     return ModelSpec(name=name, checkpoint=checkpoint.strip(), **limits)
 
 
-def find_model(specs: Sequence[ModelSpec], requested: str) -> ModelSpec | None:
-    """The model a request's ``model`` field means: empty → the first; else its name, its
-    checkpoint as configured, or the last part of that checkpoint's path (OpenAI clients send
-    hub ids). None when nothing matches."""
+def find_models(specs: Sequence[ModelSpec], requested: str) -> list[ModelSpec]:
+    """The models a request's ``model`` field may mean: empty → the first; else by its name,
+    else its checkpoint as configured, else the last part of that checkpoint's path (OpenAI
+    clients send hub ids). Several when a checkpoint or path part is served under several
+    names; none when nothing matches."""
     if not requested:
-        return specs[0]
+        return [specs[0]]
     for match in (lambda s: s.name == requested, lambda s: s.checkpoint == requested,
                   lambda s: s.checkpoint.rstrip("/").rsplit("/", 1)[-1] == requested):
         found = [s for s in specs if match(s)]
-        if len(found) == 1:
-            return found[0]
-    return None
+        if found:
+            return found
+    return []

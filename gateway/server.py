@@ -1,11 +1,11 @@
 """The gateway's gRPC server (and its HTTP/JSON port on the same engine): wiring, health,
 readiness monitoring and graceful shutdown.
 
-Start-up order: checkpoint metadata and tokenizer (no weights, no torch) → one Triton
-client → gRPC server with health NOT_SERVING → a monitor that flips health to SERVING
-while Triton's two models are ready. Shutdown (SIGTERM): health NOT_SERVING at once,
-new calls refused (and the HTTP port stops accepting connections), calls in flight of both
-protocols drained within the grace period, then stop.
+Start-up order: each served model's checkpoint metadata and tokenizer (no weights, no torch) →
+one Triton client → an Engine per model → gRPC server with health NOT_SERVING → a monitor that
+flips health to SERVING while every Triton model of every served model is ready. Shutdown
+(SIGTERM): health NOT_SERVING at once, new calls refused (and the HTTP port stops accepting
+connections), calls in flight of both protocols drained within the grace period, then stop.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import ssl
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from gateway.api.servicer import SERVICE_NAME, SiglipServicer, add_to_server
 from gateway.backend.coalescing import CoalescingBackend
 from gateway.backend.triton_client import TritonBackend
 from gateway.config import Settings
-from gateway.contract import ENCODED_MODEL, TOWER_MODELS
+from gateway.contract import TritonNames, triton_names
 from gateway.core.cache import EmbeddingCache
 from gateway.core.families import check_approximable
 from gateway.core.images import ImageLimits, PreprocessMode, ensure_mode_available
@@ -38,9 +39,11 @@ from gateway.core.model_meta import ModelMeta, load_model_meta
 from gateway.core.text import TextTokenizer
 from gateway.core.validation import RequestLimits
 from gateway.engine import Engine
+from gateway.engines import Engines, Served
 from gateway.fetch.client import FetchConfig, Resolver, UrlFetcher
 from gateway.fetch.policy import AllowList
 from gateway.metrics import Metrics
+from gateway.model_specs import ModelSpec
 from gateway.observability.request import Observability
 from gateway.observability.tracing import Tracing
 
@@ -66,7 +69,7 @@ class Bound:
 
 class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
-                 checkpoint: Path | None = None, share_port: bool = False,
+                 checkpoints: Mapping[str, Path] | None = None, share_port: bool = False,
                  url_resolver: Resolver | None = None, tracing: Tracing | None = None,
                  ) -> None:
         """``tracing``: the process's tracer (its owner shuts it down); None: no tracing."""
@@ -78,9 +81,11 @@ class GatewayServer:
         # A worker of `serve --processes N`: its siblings listen on the same port.
         self._share_port = share_port
         self.triton_url = triton_url
-        # Already resolved (e.g. a hub snapshot): read it, but report the model as named.
-        self._checkpoint = checkpoint
-        self.metrics = metrics or Metrics()
+        self.specs = settings.model_specs()
+        # Per model name, its checkpoint already resolved (e.g. a hub snapshot): read there,
+        # but the model is reported as configured.
+        self._checkpoints = dict(checkpoints or {})
+        self.metrics = metrics or Metrics([spec.name for spec in self.specs])
         self.health = health.aio.HealthServicer()
         self.admission = Admission(settings.max_in_flight, self.metrics.in_flight)
         self.ready = asyncio.Event()
@@ -95,44 +100,40 @@ class GatewayServer:
         self._url_resolver = url_resolver
         self.fetcher: UrlFetcher | None = None
         self._http: HttpServer | None = None
-        self.meta: ModelMeta | None = None
+        self.engines: Engines | None = None
+        self.meta: ModelMeta | None = None  # the default model's
         self.bound: Bound | None = None
 
     async def start(self) -> Bound:
         s = self.settings
-        ensure_mode_available(PreprocessMode(s.preprocess_mode))
-        if self._checkpoint is None:
-            self.meta = await asyncio.to_thread(load_model_meta, s.model)
-        else:
-            meta = await asyncio.to_thread(load_model_meta, str(self._checkpoint))
-            self.meta = dataclasses.replace(meta, model_id=s.model)
-        tokenizer = await asyncio.to_thread(TextTokenizer.for_model, self.meta)
         mode = PreprocessMode(s.preprocess_mode)
-        if mode is not PreprocessMode.EXACT:
-            check_approximable(self.meta.image.resample, mode.value)
-        # TRITON mode also needs Triton's JPEG decoder: not ready without it.
-        models = TOWER_MODELS + ((ENCODED_MODEL,) if mode is PreprocessMode.TRITON else ())
+        ensure_mode_available(mode)
+        metas = await asyncio.gather(*(asyncio.to_thread(self._load_meta, spec)
+                                       for spec in self.specs))
+        self.meta = metas[0]
+        names = triton_names([spec.name for spec in self.specs])
+        # TRITON mode also needs each model's JPEG decoder: not ready without it.
+        with_decoder = mode is PreprocessMode.TRITON
         self._backend = TritonBackend(
             self.triton_url, max_message_bytes=s.max_message_bytes,
-            default_timeout_s=s.triton_timeout_s, models=models,
+            default_timeout_s=s.triton_timeout_s,
+            models=tuple(m for n in names.values() for m in n.towers(with_decoder)),
             shm_max_bytes=s.triton_shm_max_bytes if s.shm_enabled() else None,
-            embedding_dim=self.meta.embedding_dim, tracing=self.tracing)
+            embedding_dims={m: meta.embedding_dim for spec, meta in zip(self.specs, metas,
+                                                                         strict=True)
+                            for m in names[spec.name].towers(True)},
+            tracing=self.tracing)
         self._pool = ThreadPoolExecutor(s.workers, thread_name_prefix="preprocess")
-        backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight,
-                                     tracing=self.tracing)
-                   if s.triton_max_calls_in_flight else self._backend)
         self.fetcher = self._url_fetcher()
-        engine = Engine(
-            meta=self.meta, tokenizer=tokenizer, backend=backend, pool=self._pool,
-            metrics=self.metrics, cache=EmbeddingCache(s.text_cache_size),
-            request_limits=RequestLimits(s.max_images, s.max_texts, s.max_text_chars),
-            image_limits=ImageLimits(max_pixels=s.max_image_pixels, max_bytes=s.max_message_bytes,
-                                     size=self.meta.image.size,
-                                     resample=self.meta.image.resample),
-            mode=mode, fetcher=self.fetcher, tracing=self.tracing)
+        served = []
+        for spec, meta in zip(self.specs, metas, strict=True):
+            engine = await self._engine(spec, meta, names[spec.name], mode)
+            served.append(Served(spec, engine))
+        self.engines = Engines(served)
+        engines = self.engines
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []
         self._server = grpc.aio.server(interceptors=interceptors, options=self._options())
-        add_to_server(SiglipServicer(engine, self.admission, self.metrics, s.preprocess_mode,
+        add_to_server(SiglipServicer(engines, self.admission, self.metrics, s.preprocess_mode,
                                      self.observability), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -153,7 +154,7 @@ class GatewayServer:
             from gateway.http.app import HttpApi
             from gateway.http.server import HttpServer
 
-            api = HttpApi(engine, self.admission, self.metrics, preprocess_mode=s.preprocess_mode,
+            api = HttpApi(engines, self.admission, self.metrics, preprocess_mode=s.preprocess_mode,
                           max_message_bytes=s.max_message_bytes, auth_token=s.auth_token,
                           observability=self.observability)
             self._http = HttpServer(api.app(), s, share_port=self._share_port)
@@ -165,6 +166,39 @@ class GatewayServer:
         self._monitor = asyncio.create_task(self._watch_triton(seen))
         self.bound = Bound(port, metrics_port, http_port)
         return self.bound
+
+    def _load_meta(self, spec: ModelSpec) -> ModelMeta:
+        checkpoint = self._checkpoints.get(spec.name)
+        meta = load_model_meta(str(checkpoint or spec.checkpoint))
+        if checkpoint is not None:
+            meta = dataclasses.replace(meta, model_id=spec.checkpoint)
+        mode = self.settings.preprocess_mode
+        if mode != PreprocessMode.EXACT.value:
+            check_approximable(meta.image.resample, mode)
+        return meta
+
+    async def _engine(self, spec: ModelSpec, meta: ModelMeta, names: TritonNames,
+                      mode: PreprocessMode) -> Engine:
+        """One served model's Engine: its tokenizer, Triton models, cache and limits."""
+        s = self.settings
+        assert self._backend is not None and self._pool is not None
+        tokenizer = await asyncio.to_thread(TextTokenizer.for_model, meta)
+        model_backend = self._backend.tower(names)
+        backend = (CoalescingBackend(self._backend, s.triton_max_calls_in_flight,
+                                     tracing=self.tracing, names=names)
+                   if s.triton_max_calls_in_flight else model_backend)
+        return Engine(
+            meta=meta, tokenizer=tokenizer, backend=backend, pool=self._pool,
+            metrics=self.metrics.for_model(spec.name),
+            cache=EmbeddingCache(spec.setting("text_cache_size", s.text_cache_size)),
+            request_limits=RequestLimits(spec.setting("max_images", s.max_images),
+                                         spec.setting("max_texts", s.max_texts),
+                                         spec.setting("max_text_chars", s.max_text_chars)),
+            image_limits=ImageLimits(
+                max_pixels=spec.setting("max_image_pixels", s.max_image_pixels),
+                max_bytes=s.max_message_bytes, size=meta.image.size,
+                resample=meta.image.resample),
+            mode=mode, fetcher=self.fetcher, tracing=self.tracing)
 
     async def wait_ready(self, timeout_s: float) -> None:
         await asyncio.wait_for(self.ready.wait(), timeout_s)

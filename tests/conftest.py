@@ -5,7 +5,7 @@ tracing on for requests that carry a trace context), and the rendered Kubernetes
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,31 @@ def embedded_triton(tiny_checkpoint: Path, triton_traces: OtlpHttpReceiver,
         yield triton
     finally:
         triton.stop(grace_s=5)
+
+
+@pytest.fixture(scope="session")
+def two_model_triton_factory() -> Iterator[Callable[[Mapping[str, Path]], EmbeddedTriton]]:
+    """``factory({name: checkpoint, ...})``: ONE embedded Triton serving several models (a
+    repository generated for them, every model with its decoder), started on first use and
+    shared by every module asking for the same models. Stopped at the end of the session."""
+    from gateway.embedded_triton.launcher import EmbeddedTriton
+
+    started: dict[tuple[tuple[str, str], ...], EmbeddedTriton] = {}
+
+    def get(checkpoints: Mapping[str, Path]) -> EmbeddedTriton:
+        key = tuple((name, str(path)) for name, path in checkpoints.items())
+        if key not in started:
+            triton = EmbeddedTriton(model=key[0][1], served=key, startup_timeout_s=540,
+                                    logger=logging.getLogger("tests.two_model_triton"))
+            triton.start()
+            started[key] = triton
+        return started[key]
+
+    try:
+        yield get
+    finally:
+        for triton in started.values():
+            triton.stop(grace_s=5)
 
 
 @pytest.fixture(params=OVERLAYS)

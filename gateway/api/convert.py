@@ -79,25 +79,29 @@ def flag(request: Any, name: str, default: bool = True) -> bool:
     return bool(getattr(request, name)) if request.HasField(name) else default
 
 
-def classified_response(result: Classified) -> pb.ClassifyResponse:
+def classified_response(result: Classified, model: str = "") -> pb.ClassifyResponse:
+    """``model``: the name of the model that answered (every response carries it)."""
     response = classify_response(result.scores)
     response.truncated_labels.extend(result.truncated_labels)
+    response.model = model
     return response
 
 
-def embed_response(result: Embedded, dtype: int) -> pb.EmbedResponse:
+def embed_response(result: Embedded, dtype: int, model: str = "") -> pb.EmbedResponse:
     return pb.EmbedResponse(embeddings=embeddings_pb(result.embeddings, dtype),
-                            truncated_inputs=result.truncated_inputs)
+                            truncated_inputs=result.truncated_inputs, model=model)
 
 
-def embed_stream_response(result: Embedded, dtype: int) -> pb.EmbedStreamResponse:
+def embed_stream_response(result: Embedded, dtype: int,
+                          model: str = "") -> pb.EmbedStreamResponse:
     return pb.EmbedStreamResponse(embeddings=embeddings_pb(result.embeddings, dtype),
-                                  truncated_inputs=result.truncated_inputs)
+                                  truncated_inputs=result.truncated_inputs, model=model)
 
 
-def scored_response(result: Scored) -> pb.ScoreResponse:
+def scored_response(result: Scored, model: str = "") -> pb.ScoreResponse:
     response = score_response(result.logits, result.probabilities)
     response.truncated_texts.extend(result.truncated_texts)
+    response.model = model
     return response
 
 

@@ -2,9 +2,10 @@
 
 Every RPC goes through ``_observed`` (metrics, errors mapped to gRPC statuses, the request's
 scope: request id, span, log line; gateway/observability/request.py) and holds an
-admission slot (the in-flight bound). Requests are parsed by ``parsing.parser`` instead of grpc's
-deserializer so that a malformed message (e.g. invalid UTF-8 in a string field) is
-the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
+admission slot (the in-flight bound). Each request (each EmbedStream message) picks its
+model's Engine by its ``model`` field (gateway/engines.py). Requests are parsed by
+``parsing.parser`` instead of grpc's deserializer so that a malformed message (e.g. invalid
+UTF-8 in a string field) is the caller's INVALID_ARGUMENT rather than grpc's generic INTERNAL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from gateway.api.errors import to_grpc_status
 from gateway.api.parsing import parsed_bytes, parser, raise_if_undecodable
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
 from gateway.core.types import Embedded, EmbedItem
-from gateway.engine import Engine, deadline_from
+from gateway.engine import deadline_from
+from gateway.engines import Engines, Served
 from gateway.metrics import Metrics
 from gateway.observability.request import REQUEST_ID_HEADER, Observability, RequestScope
 from siglip.v1 import siglip_pb2 as pb
@@ -42,9 +44,9 @@ SERVER_ERRORS = frozenset({
 
 
 class SiglipServicer:
-    def __init__(self, engine: Engine, admission: Admission, metrics: Metrics,
+    def __init__(self, engines: Engines, admission: Admission, metrics: Metrics,
                  preprocess_mode: str, observability: Observability | None = None) -> None:
-        self._engine = engine
+        self._engines = engines
         self._admission = admission
         self._metrics = metrics
         self._preprocess_mode = preprocess_mode
@@ -52,43 +54,45 @@ class SiglipServicer:
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext,
                        ) -> pb.ClassifyResponse:
-        async def run() -> pb.ClassifyResponse:
+        async def run(served: Served) -> pb.ClassifyResponse:
             template = request.prompt_template if request.HasField("prompt_template") else None
-            result = await self._engine.classify_detailed(
+            result = await served.engine.classify_detailed(
                 convert.images_from_pb(request.images), list(request.labels), template,
                 request.top_k, deadline_from(context.time_remaining()),
                 templates=list(request.prompt_templates),
                 truncate=convert.flag(request, "truncate"))
-            return convert.classified_response(result)
+            return convert.classified_response(result, served.name)
         return await self._call("Classify", request, context, run)
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext,
                     ) -> pb.EmbedResponse:
-        async def run() -> pb.EmbedResponse:
+        async def run(served: Served) -> pb.EmbedResponse:
             dtype = convert.embed_dtype(request)
-            result = await self._engine.embed_detailed(
+            result = await served.engine.embed_detailed(
                 convert.embed_items_from_pb(request.inputs),
                 deadline_from(context.time_remaining()),
                 normalize=convert.flag(request, "normalize"),
                 truncate=convert.flag(request, "truncate"))
-            return convert.embed_response(result, dtype)
+            return convert.embed_response(result, dtype, served.name)
         return await self._call("Embed", request, context, run)
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext,
                     ) -> pb.ScoreResponse:
-        async def run() -> pb.ScoreResponse:
-            result = await self._engine.score_detailed(
+        async def run(served: Served) -> pb.ScoreResponse:
+            result = await served.engine.score_detailed(
                 convert.images_from_pb(request.images), list(request.texts),
                 deadline_from(context.time_remaining()),
                 truncate=convert.flag(request, "truncate"))
-            return convert.scored_response(result)
+            return convert.scored_response(result, served.name)
         return await self._call("Score", request, context, run)
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetModelInfoResponse:
-        async def run() -> pb.GetModelInfoResponse:
-            return convert.model_info_response(
-                self._engine.meta, self._preprocess_mode, DEFAULT_PROMPT_TEMPLATE)
+        async def run(served: Served) -> pb.GetModelInfoResponse:
+            infos = {s.name: convert.model_info(s.name, s.engine.meta, self._preprocess_mode,
+                                                DEFAULT_PROMPT_TEMPLATE)
+                     for s in self._engines}
+            return convert.model_info_response(infos[served.name], list(infos.values()))
         return await self._call("GetModelInfo", request, context, run)
 
     async def EmbedStream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
@@ -101,8 +105,8 @@ class SiglipServicer:
                     self._read_stream(requests, context, pending, scope))
                 try:
                     while (task := await pending.get()) is not None:
-                        result, dtype = await task
-                        yield convert.embed_stream_response(result, dtype)
+                        result, dtype, name = await task
+                        yield convert.embed_stream_response(result, dtype, name)
                     await reader
                 finally:
                     reader.cancel()
@@ -118,9 +122,11 @@ class SiglipServicer:
             async for request in requests:
                 _count_inputs(scope, request)
                 raise_if_undecodable(request, f"stream message {index}")
+                served = self._engines.get(request.model)
+                scope.model = scope.model or served.name
                 items = convert.embed_items_from_pb(request.inputs)
-                await pending.put(asyncio.create_task(self._embed_message(request, items,
-                                                                          deadline)))
+                await pending.put(asyncio.create_task(self._embed_message(
+                    served, request, items, deadline)))
                 index += 1
         except Exception as exc:  # handed to the writer, which answers it
             failed = asyncio.get_running_loop().create_future()
@@ -128,22 +134,25 @@ class SiglipServicer:
             await pending.put(failed)
         await pending.put(None)
 
-    async def _embed_message(self, request: pb.EmbedStreamRequest, items: list[EmbedItem],
-                             deadline: float | None) -> tuple[Embedded, int]:
-        """One stream message: its embeddings and the dtype they leave in."""
+    async def _embed_message(self, served: Served, request: pb.EmbedStreamRequest,
+                             items: list[EmbedItem], deadline: float | None,
+                             ) -> tuple[Embedded, int, str]:
+        """One stream message: its embeddings, the dtype they leave in, the model's name."""
         dtype = convert.embed_dtype(request)
-        result = await self._engine.embed_detailed(
+        result = await served.engine.embed_detailed(
             items, deadline, normalize=convert.flag(request, "normalize"),
             truncate=convert.flag(request, "truncate"))
-        return result, dtype
+        return result, dtype, served.name
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext,
-                    run: Callable[[], Awaitable[Any]]) -> Any:
+                    run: Callable[[Served], Awaitable[Any]]) -> Any:
         async with self._observed(method, context) as scope:
             _count_inputs(scope, request)
             raise_if_undecodable(request, "request")
+            served = self._engines.get(request.model)
+            scope.model = served.name
             with self._admission.slot():
-                return await run()
+                return await run(served)
 
     @contextlib.asynccontextmanager
     async def _observed(self, method: str, context: grpc.aio.ServicerContext,
@@ -171,10 +180,10 @@ class SiglipServicer:
                                     (*status.trailing_metadata, *echo))
             finally:
                 scope.set_status(code.name, server_error=code in SERVER_ERRORS)
-                self._finish(method, code, scope.start)
-
-    def _finish(self, method: str, code: grpc.StatusCode, start: float) -> None:
-        self._metrics.request_done(method, "grpc", code.name, time.perf_counter() - start)
+                # A request whose model is not known (yet) counts under the default model.
+                self._metrics.request_done(method, "grpc", code.name,
+                                           time.perf_counter() - scope.start,
+                                           scope.model or self._engines.default.name)
 
 
 def _count_inputs(scope: RequestScope, request: Any) -> None:

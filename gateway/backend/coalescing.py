@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.contract import ENCODED_MODEL, MAX_ROWS, TEXT_MODEL, VISION_MODEL
+from gateway.contract import MAX_ROWS, PLAIN_NAMES, TritonNames, base_model
 from gateway.core.errors import BackendError, BackendRejected, DeadlineExceeded, GatewayError
 from gateway.observability.tracing import Tracing
 
@@ -84,28 +84,32 @@ class _Lane:
 
 class CoalescingBackend:
     """The engine's backend (``embed_images``, ``embed_texts``, ``embed_encoded``), coalescing
-    callers' rows into at most ``max_calls_in_flight`` Triton calls per model."""
+    callers' rows into at most ``max_calls_in_flight`` Triton calls per model. ``names``: the
+    Triton models of the served model it calls (one coalescer per served model)."""
 
     def __init__(self, backend: ChunkBackend, max_calls_in_flight: int,
-                 max_rows: Mapping[str, int] = MAX_ROWS, tracing: Tracing | None = None) -> None:
+                 max_rows: Mapping[str, int] = MAX_ROWS, tracing: Tracing | None = None,
+                 names: TritonNames = PLAIN_NAMES) -> None:
         if max_calls_in_flight < 1:
             raise ValueError("max_calls_in_flight must be at least 1")
         self._backend = backend
         self._tracing = tracing or Tracing()
         self._k = max_calls_in_flight
-        self._lanes = {model: _Lane(rows) for model, rows in max_rows.items()}
+        self._names = names
+        self._lanes = {model: _Lane(max_rows[base_model(model)])
+                       for model in (names.vision, names.text, names.encoded)}
 
     async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return await self.infer(VISION_MODEL, pixels, deadline)
+        return await self.infer(self._names.vision, pixels, deadline)
 
     async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return await self.infer(TEXT_MODEL, input_ids, deadline)
+        return await self.infer(self._names.text, input_ids, deadline)
 
     async def embed_encoded(self, images: list[bytes],
                             deadline: float | None = None) -> np.ndarray:
         array = np.empty((len(images), 1), dtype=np.object_)
         array[:, 0] = images
-        return await self.infer(ENCODED_MODEL, array, deadline)
+        return await self.infer(self._names.encoded, array, deadline)
 
     async def infer(self, model: str, array: np.ndarray, deadline: float | None) -> np.ndarray:
         """One caller's rows → their embeddings, in order; raises the error of its own call."""

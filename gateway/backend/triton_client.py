@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,12 +23,12 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.backend.shm import Region, ShmPool, answered_by_triton, region_unknown, status_code
 from gateway.contract import (
-    ENCODED_MODEL,
     MAX_ROWS,
+    PLAIN_NAMES,
     TENSORS,
-    TEXT_MODEL,
     TOWER_MODELS,
-    VISION_MODEL,
+    TritonNames,
+    base_model,
 )
 from gateway.core.errors import (
     BackendError,
@@ -63,13 +63,16 @@ def channel_args(max_message_bytes: int) -> list[tuple[str, object]]:
 
 
 class TritonBackend:
-    """Embeds pixels and token ids with the SigLIP towers hosted by Triton."""
+    """Embeds pixels and token ids with the SigLIP towers hosted by Triton: the process's one
+    client, shared by every served model (``tower`` gives a model's view)."""
 
     def __init__(self, url: str, *, max_message_bytes: int, default_timeout_s: float,
                  models: tuple[str, ...] = TOWER_MODELS, shm_max_bytes: int | None = None,
-                 embedding_dim: int | None = None, tracing: Tracing | None = None) -> None:
-        """``shm_max_bytes`` (with ``embedding_dim``): move tensors through up to that many
-        bytes of shared memory; None: inside the gRPC messages."""
+                 embedding_dim: int | None = None, tracing: Tracing | None = None,
+                 embedding_dims: Mapping[str, int] | None = None) -> None:
+        """``shm_max_bytes`` (with ``embedding_dim``, or ``embedding_dims`` per Triton model):
+        move tensors through up to that many bytes of shared memory; None: inside the gRPC
+        messages. ``models``: what ready() requires."""
         self.url = url
         self._tracing = tracing or Tracing()
         self.models = models  # what ready() requires
@@ -77,13 +80,22 @@ class TritonBackend:
         self._client = triton_aio.InferenceServerClient(
             url, channel_args=channel_args(max_message_bytes))
         self.shm: ShmPool | None = None
+        self._dims = dict(embedding_dims or {})
         if shm_max_bytes is not None:
-            if embedding_dim is None:
+            if embedding_dim is None and not self._dims:
                 raise ValueError("shared memory needs the embedding size")
             self.shm = ShmPool(self._client, max_bytes=shm_max_bytes)
             log.info("tensors to Triton through shared memory (up to %d MiB), else gRPC",
                      shm_max_bytes >> 20)
-        self._out_row = 4 * (embedding_dim or 0)  # float32 embeddings
+        self._default_dim = embedding_dim or 0
+
+    def _out_row(self, model: str) -> int:
+        """Bytes of one output row (float32 embeddings) of a Triton model."""
+        return 4 * self._dims.get(model, self._default_dim)
+
+    def tower(self, names: TritonNames) -> Towers:
+        """The backend of one served model: its Triton models, over this client."""
+        return Towers(self, names)
 
     async def close(self) -> None:
         if self.shm is not None:
@@ -91,20 +103,18 @@ class TritonBackend:
         await self._client.close()
 
     async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """(N, 256, 256, 3) uint8 → (N, D) float32, not normalized."""
-        return await self._infer(VISION_MODEL, pixels, deadline)
+        """(N, S, S, 3) uint8 → (N, D) float32, not normalized (the one-model names)."""
+        return await self.infer(PLAIN_NAMES.vision, pixels, deadline)
 
     async def embed_encoded(self, images: list[bytes],
                             deadline: float | None = None) -> np.ndarray:
         """JPEG bytes, decoded and resized by Triton → (N, D) float32, not normalized.
         Raises BackendRejected when Triton could not decode one of them."""
-        array = np.empty((len(images), 1), dtype=np.object_)
-        array[:, 0] = images
-        return await self._infer(ENCODED_MODEL, array, deadline)
+        return await self.infer(PLAIN_NAMES.encoded, _bytes_column(images), deadline)
 
     async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """(N, 64) int64 → (N, D) float32, not normalized."""
-        return await self._infer(TEXT_MODEL, input_ids, deadline)
+        """(N, L) int64 → (N, D) float32, not normalized."""
+        return await self.infer(PLAIN_NAMES.text, input_ids, deadline)
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         """True when Triton answers and both models are ready; never raises."""
@@ -124,7 +134,7 @@ class TritonBackend:
                           links: Sequence[Any] = ()) -> np.ndarray:
         """One Triton call of at most ``MAX_ROWS[model]`` rows (what the coalescer sends).
         ``links``: traced contexts of the other requests whose rows ride in this call."""
-        input_name, datatype, output_name = TENSORS[model]
+        input_name, datatype, output_name = TENSORS[base_model(model)]
         if not self._tracing.enabled:
             return await self._infer_chunk(model, input_name, output_name, array, datatype,
                                            deadline, None)
@@ -135,8 +145,9 @@ class TritonBackend:
             return await self._infer_chunk(model, input_name, output_name, array, datatype,
                                            deadline, headers)
 
-    async def _infer(self, model: str, array: np.ndarray, deadline: float | None) -> np.ndarray:
-        step = MAX_ROWS[model]
+    async def infer(self, model: str, array: np.ndarray, deadline: float | None) -> np.ndarray:
+        """Any number of rows, cut into calls of at most the model's MAX_ROWS."""
+        step = MAX_ROWS[base_model(model)]
         chunks = [array[i:i + step] for i in range(0, len(array), step)]
         results = await asyncio.gather(*(self.infer_chunk(model, c, deadline) for c in chunks))
         return results[0] if len(results) == 1 else np.concatenate(results)
@@ -147,7 +158,7 @@ class TritonBackend:
         if self.shm is not None and datatype != "BYTES":
             in_row = array.nbytes // max(1, len(array))
             for _ in range(2):
-                region = await self.shm.checkout(len(array), in_row, self._out_row)
+                region = await self.shm.checkout(len(array), in_row, self._out_row(model))
                 if region is None:
                     break
                 try:
@@ -183,8 +194,8 @@ class TritonBackend:
             tensor = InferInput(input_name, list(array.shape), datatype)
             tensor.set_shared_memory(region.name, array.nbytes)
             output = InferRequestedOutput(output_name)
-            output.set_shared_memory(region.name, len(array) * self._out_row,
-                                     region.output_offset)
+            out_row = self._out_row(model)
+            output.set_shared_memory(region.name, len(array) * out_row, region.output_offset)
             reusable = False
             try:
                 result = await self._client.infer(model, [tensor], outputs=[output],
@@ -199,9 +210,9 @@ class TritonBackend:
             shape = None if meta is None else tuple(meta.shape)
             self._check_rows(model, shape, len(array))
             assert shape is not None
-            if shape[1] * 4 != self._out_row:
+            if shape[1] * 4 != out_row:
                 log.error("%s returned %s, expected %d floats per row", model, shape,
-                          self._out_row // 4)
+                          out_row // 4)
                 raise BackendError("inference failed")
             return region.read(shape, np.dtype(np.float32))
         finally:
@@ -220,6 +231,30 @@ class TritonBackend:
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before the request reached Triton")
         return min(remaining, self._default_timeout_s)
+
+
+class Towers:
+    """One served model's backend for the engine: its Triton models over the shared client."""
+
+    def __init__(self, backend: TritonBackend, names: TritonNames) -> None:
+        self.names = names
+        self._backend = backend
+
+    async def embed_images(self, pixels: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        return await self._backend.infer(self.names.vision, pixels, deadline)
+
+    async def embed_texts(self, input_ids: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        return await self._backend.infer(self.names.text, input_ids, deadline)
+
+    async def embed_encoded(self, images: list[bytes],
+                            deadline: float | None = None) -> np.ndarray:
+        return await self._backend.infer(self.names.encoded, _bytes_column(images), deadline)
+
+
+def _bytes_column(images: list[bytes]) -> np.ndarray:
+    array = np.empty((len(images), 1), dtype=np.object_)
+    array[:, 0] = images
+    return array
 
 
 class _RegionUnknown(Exception):

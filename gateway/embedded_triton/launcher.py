@@ -1,7 +1,9 @@
 """The embedded Triton: start, readiness, supervision and stop of one tritonserver.
 
 Owns `EmbeddedTriton`: the lifecycle, with an opt-in restart of a server that died (same
-ports, backoff). Runnable: `python -m gateway.embedded_triton --model DIR` (cli.py).
+ports, backoff). One model runs on the shipped model_repository/; several (`served`) on a
+repository generated for them (repository.py) in a temporary directory the instance owns.
+Runnable: `python -m gateway.embedded_triton --model DIR` (cli.py).
 Helpers: procgroup.py (no orphans), distribution.py (the wheel's files), tritonlog.py (its
 output), errors.py (`TritonStartupError` and its message), ports.py, readiness.py.
 """
@@ -13,7 +15,9 @@ import contextlib
 import enum
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from gateway.contract import TOWER_MODELS
+from gateway.contract import TOWER_MODELS, triton_names
 from gateway.embedded_triton import distribution, procgroup, readiness
 from gateway.embedded_triton.cputhreads import CpuThreading
 from gateway.embedded_triton.errors import (
@@ -33,6 +37,11 @@ from gateway.embedded_triton.errors import (
     explain,
 )
 from gateway.embedded_triton.ports import PortUnavailable, TritonPorts, pick_ports
+from gateway.embedded_triton.repository import (
+    RepositoryError,
+    build_repository,
+    default_model_repository,
+)
 from gateway.embedded_triton.tritonlog import TritonLog
 
 __all__ = ["MODELS", "CpuThreading", "EmbeddedTriton", "TritonPorts", "TritonStartupError",
@@ -44,10 +53,6 @@ INSTANCE_ENV = "SIGLIP_TRITON_INSTANCE"
 DEFAULT_CPU_THREADING = CpuThreading()
 _BACKOFF_MAX_S = 30.0
 _STABLE_S = 60.0  # a run ready this long resets the restart backoff
-
-
-def default_model_repository() -> Path:
-    return Path(__file__).resolve().parents[2] / "model_repository"
 
 
 def trace_args(trace_config: str) -> list[str]:
@@ -77,22 +82,45 @@ class _Run:
 
 
 class EmbeddedTriton:
-    """One tritonserver on `model_repository`, serving checkpoint `model` (SIGLIP_MODEL)."""
+    """One tritonserver on `model_repository`, serving checkpoint `model` (SIGLIP_MODEL), or
+    the models `served` ((name, checkpoint) pairs) when there are two or more."""
 
     def __init__(
-        self, *, model: str, model_repository: Path | str | None = None,
+        self, *, model: str | None = None, model_repository: Path | str | None = None,
         http_port: int | None = None, grpc_port: int | None = None,
         metrics_port: int | None = None, bind_address: str = "127.0.0.1",
         startup_timeout_s: float = 600.0, restart_on_exit: bool = False,
         restart_backoff_s: float = 1.0, env: Mapping[str, str] | None = None,
-        extra_args: Sequence[str] = (), models: Sequence[str] = MODELS,
+        extra_args: Sequence[str] = (), models: Sequence[str] | None = None,
         cache_dir: Path | None = None, logger: logging.Logger | None = None,
         cpu_threading: CpuThreading | None = DEFAULT_CPU_THREADING,
+        served: Sequence[tuple[str, str]] | None = None, with_decoder: bool = False,
     ) -> None:
         """`cpu_threading`: the towers' CPU threads (cputhreads.py); None leaves torch's and
-        OpenMP's defaults (for comparisons). `env` is added to Triton's environment last."""
+        OpenMP's defaults (for comparisons). `env` is added to Triton's environment last.
+
+        `served`: two or more (name, checkpoint) pairs are served from a repository generated
+        at start from `model_repository` (the template; removed at stop), each under its own
+        Triton names (gateway/contract.py); `with_decoder` adds each one's JPEG decoder and
+        ensemble. `models` (what must be ready) defaults to every model written. One pair is
+        the same as `model=` its checkpoint: the repository as it is."""
+        pairs = tuple((str(name), str(checkpoint)) for name, checkpoint in served or ())
+        if model is None:
+            if not pairs:
+                raise TypeError("EmbeddedTriton needs model or served")
+            model = pairs[0][1]
         self.model = model
-        self.model_repository = Path(model_repository or default_model_repository()).resolve()
+        self.served = pairs if len(pairs) > 1 else ()
+        self.with_decoder = with_decoder
+        self._template = Path(model_repository or default_model_repository()).resolve()
+        # The generated repository once started with several models; else the template.
+        self.model_repository = self._template
+        self._generated: Path | None = None
+        if models is None:
+            models = MODELS if not self.served else [
+                m for names in triton_names([n for n, _ in self.served]).values()
+                for m in (names.vision, names.text) + (
+                    (names.decode, names.encoded) if with_decoder else ())]
         self._requested = (http_port, grpc_port, metrics_port)
         self.bind_address = bind_address
         self.startup_timeout_s = startup_timeout_s
@@ -171,29 +199,46 @@ class EmbeddedTriton:
         """Blocks until every model is ready; raises TritonStartupError saying why not."""
         if self._supervisor is not None:
             raise RuntimeError("EmbeddedTriton already started")
-        self._check_inputs()
         try:
-            dist = distribution.locate(self._cache_dir)
-        except (distribution.TritonNotInstalled, OSError) as exc:
-            raise TritonStartupError("install", f"cannot run Triton: {exc}") from exc
-        auto = None in self._requested
-        for attempt in range(3 if auto else 1):
+            self._check_inputs()
             try:
-                self._ports = pick_ports(self.bind_address, *self._requested)
-            except PortUnavailable as exc:
-                raise TritonStartupError("port_in_use", str(exc)) from exc
-            error = self._start_once(dist)
-            if error is None:
-                _live.add(self)
-                return self
-            # Auto-chosen ports can be taken between the choice and Triton's late bind.
-            if not (error.reason == "port_in_use" and auto and attempt < 2):
-                raise error
-            self.log.warning("%s; retrying on other ports", error)
+                dist = distribution.locate(self._cache_dir)
+            except (distribution.TritonNotInstalled, OSError) as exc:
+                raise TritonStartupError("install", f"cannot run Triton: {exc}") from exc
+            auto = None in self._requested
+            for attempt in range(3 if auto else 1):
+                try:
+                    self._ports = pick_ports(self.bind_address, *self._requested)
+                except PortUnavailable as exc:
+                    raise TritonStartupError("port_in_use", str(exc)) from exc
+                error = self._start_once(dist)
+                if error is None:
+                    _live.add(self)
+                    return self
+                # Auto-chosen ports can be taken between the choice and Triton's late bind.
+                if not (error.reason == "port_in_use" and auto and attempt < 2):
+                    raise error
+                self.log.warning("%s; retrying on other ports", error)
+        except BaseException:
+            self._remove_generated()
+            raise
         raise AssertionError("unreachable")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM to tritonserver, SIGKILL to its whole group after `grace_s`. Idempotent."""
+        """SIGTERM to tritonserver, SIGKILL to its whole group after `grace_s`; then removes
+        a generated repository. Idempotent."""
+        self._halt(grace_s)
+        self._remove_generated()
+
+    def __enter__(self) -> EmbeddedTriton:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- start-up and stop --------------------------------------------------------------
+    def _halt(self, grace_s: float) -> None:
         with self._cond:
             self._stopping.set()
             run, supervisor = self._run, self._supervisor
@@ -213,23 +258,40 @@ class EmbeddedTriton:
         self._set_state(TritonState.STOPPED, "stopped")
         _live.discard(self)
 
-    def __enter__(self) -> EmbeddedTriton:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    # -- start-up ----------------------------------------------------------------------
     def _check_inputs(self) -> None:
+        if self.served:  # every checkpoint before a repository is built for them
+            for name, checkpoint in self.served:
+                problem = checkpoint_problem(checkpoint)
+                if problem:
+                    raise TritonStartupError("checkpoint", f"model {name}: {problem}")
+        if self.served and self._generated is None:
+            self._generated = Path(tempfile.mkdtemp(prefix="siglip-triton-repository-"))
+            try:
+                build_repository(self.served, self._generated, source=self._template,
+                                 with_decoder=self.with_decoder)
+            except (RepositoryError, OSError) as exc:
+                self._remove_generated()
+                raise TritonStartupError("repository", f"cannot build the model repository "
+                                         f"for {self._checkpoints()}: {exc}") from exc
+            self.model_repository = self._generated
         for name in self.models:
             if not (self.model_repository / name / "config.pbtxt").is_file():
                 raise TritonStartupError(
                     "repository", f"model repository {self.model_repository} has no model "
                     f"{name!r} ({name}/config.pbtxt missing)")
-        problem = checkpoint_problem(self.model)
+        problem = None if self.served else checkpoint_problem(self.model)
         if problem:
             raise TritonStartupError("checkpoint", problem)
+
+    def _remove_generated(self) -> None:
+        generated, self._generated = self._generated, None
+        if generated is not None:
+            self.model_repository = self._template
+            shutil.rmtree(generated, ignore_errors=True)
+
+    def _checkpoints(self) -> str:
+        """The checkpoint, or each model's, as messages name them."""
+        return ", ".join(f"{n}={c}" for n, c in self.served) if self.served else self.model
 
     def _start_once(self, dist: distribution.TritonDistribution) -> TritonStartupError | None:
         self._stopping.clear()
@@ -251,7 +313,7 @@ class EmbeddedTriton:
             error = TritonStartupError("install", f"cannot start tritonserver: {spawn_error}")
         else:
             error = self._startup_error(run, time.monotonic() - started)
-        self.stop(grace_s=2.0)
+        self._halt(grace_s=2.0)
         return error
 
     def _startup_error(self, run: _Run | None, waited_s: float) -> TritonStartupError:
@@ -261,7 +323,8 @@ class EmbeddedTriton:
         run.log.join(2.0)  # the rest of its output explains an exit
         index = [] if run.returncode is not None else readiness.repository_index(
             self.connect_host, self.ports.http)
-        return explain(run.log, run.returncode, self.models, self.model, waited_s, index)
+        return explain(run.log, run.returncode, self.models, self._checkpoints(), waited_s,
+                       index)
 
     # -- supervision -------------------------------------------------------------------
     def _supervise(self, dist: distribution.TritonDistribution) -> None:
@@ -330,7 +393,8 @@ class EmbeddedTriton:
         log = TritonLog(tree.proc.stdout, self.log.getChild("server"))
         log.start()
         self.log.info("started tritonserver pid %d (grpc %s, http %s, models %s, checkpoint %s)",
-                      tree.pid, self.grpc_url, self.http_url, self.model_repository, self.model)
+                      tree.pid, self.grpc_url, self.http_url, self.model_repository,
+                      self._checkpoints())
         return _Run(tree=tree, log=log, started=time.monotonic())
 
     def _await_ready(self, run: _Run, first: bool) -> None:

@@ -1,8 +1,9 @@
-"""The HTTP routes (README, "HTTP and OpenAI") over the gRPC server's Engine, as a Starlette app.
+"""The HTTP routes (README, "HTTP and OpenAI") over the gRPC server's Engines, as a Starlette app.
 
 Every /v1 route goes through ``HttpApi._call``: bearer token, body read within the size
-limit, deadline, an admission slot, then metrics (``protocol="http"``) and errors answered
-from the one table (gateway/api/errors.py). The page and its static files are public.
+limit, the model the request names (its ``model``; none: the default model), deadline, an
+admission slot, then metrics (``protocol="http"``, labelled with that model) and errors
+answered from the one table (gateway/api/errors.py). The page and its static files are public.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.admission import Admission
+from gateway.api import convert as api_convert
 from gateway.api.errors import to_http_error
 from gateway.core.errors import InvalidInput, PayloadTooLarge, Unauthenticated
 from gateway.core.text import DEFAULT_PROMPT_TEMPLATE
-from gateway.engine import Engine
+from gateway.engines import Engines, Served
 from gateway.http import convert, openai_api, openapi
 from gateway.metrics import Metrics
 from gateway.observability.request import REQUEST_ID_HEADER, Observability
@@ -36,10 +38,12 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 # X-Stainless-Timeout, after which nobody waits for the answer.
 TIMEOUT_HEADERS = ("x-request-timeout", "x-stainless-timeout")
 JSON_TYPE = "application/json"
-# A route: the body's parser (JSON -> the handler's arguments; None: no body), then the
-# handler (arguments, deadline -> a JSON-able answer).
-Parser = Callable[[Any], Any]
-Handler = Callable[[Any, float | None], Awaitable[Any]]
+# A route: the model the request names ((request, JSON body or None) -> the ``model`` value;
+# empty: the default), the body's parser ((JSON, that model) -> the handler's arguments; None:
+# no body), then the handler (that model, arguments, deadline -> a JSON-able answer).
+ModelOf = Callable[[Request, Any], str]
+Parser = Callable[[Any, Served], Any]
+Handler = Callable[[Served, Any, float | None], Awaitable[Any]]
 # Bodies over this many bytes are parsed and base64-decoded in a thread: a maximal body
 # holds the event loop (shared with gRPC) for tens of milliseconds (BENCHMARKS.md).
 OFFLOAD_BYTES = 256 * 1024
@@ -59,11 +63,11 @@ def dumps(payload: Any) -> bytes:
 
 
 class HttpApi:
-    def __init__(self, engine: Engine, admission: Admission, metrics: Metrics, *,
+    def __init__(self, engines: Engines, admission: Admission, metrics: Metrics, *,
                  preprocess_mode: str, max_message_bytes: int, auth_token: str = "",
                  static_dir: Path = STATIC_DIR, version: str = "1",
                  observability: Observability | None = None) -> None:
-        self._engine = engine
+        self._engines = engines
         self._observability = observability or Observability()
         self._admission = admission
         self._metrics = metrics
@@ -72,23 +76,45 @@ class HttpApi:
         self._expected = f"Bearer {auth_token}".encode() if auth_token else None
         self._static = static_dir
         self._openapi = dumps(openapi.document(version))
+        # OpenAI's ``created`` of the listed models: when this server started serving them.
+        self._created = int(time.time())
 
     def app(self) -> Starlette:
-        def post(path: str, method: str, parser: Parser, handler: Handler) -> Route:
+        def route(path: str, verb: str, method: str, model_of: ModelOf, parser: Parser | None,
+                  handler: Handler) -> Route:
             async def endpoint(request: Request) -> Response:
-                return await self._call(method, request, parser, handler)
-            return Route(path, endpoint, methods=["POST"])
+                return await self._call(method, request, model_of, parser, handler)
+            return Route(path, endpoint, methods=[verb])
 
-        async def model_info(request: Request) -> Response:
-            return await self._call("GetModelInfo", request, None, self._model_info)
+        def body_model(_request: Request, body: Any) -> str:
+            return convert.requested_model(body)
+
+        def query_model(request: Request, _body: Any) -> str:
+            return request.query_params.get("model", "")
+
+        def openai_model(_request: Request, body: Any) -> str:
+            return openai_api.requested_model(body)
+
+        def no_model(_request: Request, _body: Any) -> str:
+            return ""
+
+        def openai_parse(body: Any, served: Served) -> openai_api.EmbeddingsRequest:
+            return openai_api.parse(body, served.engine.meta)
 
         routes = [
-            post("/v1/classify", "Classify", convert.classify_request, self._classify),
-            post("/v1/embed", "Embed", convert.embed_request, self._embed),
-            post("/v1/score", "Score", convert.score_request, self._score),
-            post("/v1/embeddings", "OpenAIEmbeddings",
-                 lambda body: openai_api.parse(body, self._engine.meta), self._embeddings),
-            Route("/v1/models/info", model_info, methods=["GET"]),
+            route("/v1/classify", "POST", "Classify", body_model,
+                  lambda body, _served: convert.classify_request(body), self._classify),
+            route("/v1/embed", "POST", "Embed", body_model,
+                  lambda body, _served: convert.embed_request(body), self._embed),
+            route("/v1/score", "POST", "Score", body_model,
+                  lambda body, _served: convert.score_request(body), self._score),
+            route("/v1/embeddings", "POST", "OpenAIEmbeddings", openai_model, openai_parse,
+                  self._embeddings),
+            route("/v1/models/info", "GET", "GetModelInfo", query_model, None,
+                  self._model_info),
+            # Counted as GetModelInfo: the same facts in OpenAI's shape, and, as they, no
+            # inference (no "total" stage time; gateway/metrics.py).
+            route("/v1/models", "GET", "GetModelInfo", no_model, None, self._models),
             Route("/openapi.json", self._openapi_json, methods=["GET"]),
             Route("/", self._index, methods=["GET"]),
         ]
@@ -97,37 +123,48 @@ class HttpApi:
         return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
 
     # -- handlers: JSON in, JSON out ---------------------------------------------------
-    async def _classify(self, a: convert.ClassifyArgs, deadline: float | None) -> Any:
-        result = await self._engine.classify_detailed(
+    async def _classify(self, served: Served, a: convert.ClassifyArgs,
+                        deadline: float | None) -> Any:
+        result = await served.engine.classify_detailed(
             a.images, a.labels, a.template, a.top_k, deadline, templates=a.templates,
             truncate=a.truncate)
-        return convert.classify_response(result)
+        return convert.classify_response(result, served.name)
 
-    async def _embed(self, a: convert.EmbedArgs, deadline: float | None) -> Any:
-        result = await self._engine.embed_detailed(a.items, deadline, normalize=a.normalize,
-                                                   truncate=a.truncate)
-        return convert.embed_response(result, a.float16)
+    async def _embed(self, served: Served, a: convert.EmbedArgs, deadline: float | None) -> Any:
+        result = await served.engine.embed_detailed(a.items, deadline, normalize=a.normalize,
+                                                    truncate=a.truncate)
+        return convert.embed_response(result, served.name, a.float16)
 
-    async def _score(self, args: tuple[list, list[str], bool], deadline: float | None) -> Any:
+    async def _score(self, served: Served, args: tuple[list, list[str], bool],
+                     deadline: float | None) -> Any:
         images, texts, truncate = args
-        result = await self._engine.score_detailed(images, texts, deadline, truncate=truncate)
-        return convert.score_response(result)
+        result = await served.engine.score_detailed(images, texts, deadline, truncate=truncate)
+        return convert.score_response(result, served.name)
 
-    async def _model_info(self, _args: Any, _deadline: float | None) -> Any:
-        return convert.model_info(self._engine.meta, self._preprocess_mode,
-                                  DEFAULT_PROMPT_TEMPLATE)
+    async def _model_info(self, served: Served, _args: Any, _deadline: float | None) -> Any:
+        infos = [api_convert.model_info(s.name, s.engine.meta, self._preprocess_mode,
+                                        DEFAULT_PROMPT_TEMPLATE) for s in self._engines]
+        selected = infos[[s.name for s in self._engines].index(served.name)]
+        return convert.model_info(selected, infos)
 
-    async def _embeddings(self, request: openai_api.EmbeddingsRequest,
+    async def _models(self, _served: Served, _args: Any, _deadline: float | None) -> Any:
+        return openai_api.models_list([(s.name, s.spec.checkpoint) for s in self._engines],
+                                      self._created)
+
+    async def _embeddings(self, served: Served, request: openai_api.EmbeddingsRequest,
                           deadline: float | None) -> Any:
+        engine = served.engine
         embeds, tokens = await asyncio.gather(
-            self._engine.embed(request.items, deadline, field="input"),
-            self._engine.token_counts(request.texts))
+            engine.embed(request.items, deadline, field="input"),
+            engine.token_counts(request.texts))
         return openai_api.response(request, embeds, sum(tokens))
 
     # -- the one wrapper: auth, limits, deadline, admission, metrics, errors -----------
-    async def _call(self, method: str, request: Request, parser: Parser | None,
-                    handler: Handler) -> Response:
+    async def _call(self, method: str, request: Request, model_of: ModelOf,
+                    parser: Parser | None, handler: Handler) -> Response:
         code = "OK"
+        # Counted under the default model until the request names one that is served.
+        model = self._engines.default.name
         with self._observability.request(
                 "http", method, request.headers,
                 span_name=f"{request.method} {request.url.path}",
@@ -136,17 +173,22 @@ class HttpApi:
             echo = {REQUEST_ID_HEADER: scope.request_id}
             try:
                 self._authorize(request)
-                args = None
+                payload, offload = None, False
                 if parser is not None:
                     raw = await self._read(request)
                     offload = len(raw) > OFFLOAD_BYTES
                     payload = (await asyncio.to_thread(_parse_json, raw) if offload
                                else _parse_json(raw))
                     scope.add_inputs(*_input_counts(payload), nbytes=len(raw))
-                    args = await asyncio.to_thread(parser, payload) if offload else parser(payload)
+                served = self._engines.get(model_of(request, payload), field="model")
+                model = served.name
+                args = None
+                if parser is not None:
+                    args = (await asyncio.to_thread(parser, payload, served) if offload
+                            else parser(payload, served))
                 deadline = _deadline(request)
                 with self._admission.slot():
-                    result = await handler(args, deadline)
+                    result = await handler(served, args, deadline)
                 scope.set_status("200")
                 return Response(dumps(result), headers=echo, media_type=JSON_TYPE)
             except asyncio.CancelledError:
@@ -163,7 +205,7 @@ class HttpApi:
                 return Response(dumps(error), status.http, echo, media_type=JSON_TYPE)
             finally:
                 self._metrics.request_done(method, "http", code,
-                                           time.perf_counter() - scope.start)
+                                           time.perf_counter() - scope.start, model)
 
     def _authorize(self, request: Request) -> None:
         if self._expected is None:

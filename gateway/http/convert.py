@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from gateway.api.convert import model_info_response
+from gateway.api import convert as api_convert
 from gateway.core.errors import InvalidInput
-from gateway.core.model_meta import ModelMeta
 from gateway.core.types import (
     Classified,
     Embedded,
@@ -134,7 +133,7 @@ class EmbedArgs:
 
 def classify_request(body: Any) -> ClassifyArgs:
     body = obj(body, "", ("images", "labels", "prompt_template", "prompt_templates", "top_k",
-                          "truncate"))
+                          "truncate", "model"))
     template = body.get("prompt_template")
     return ClassifyArgs(images(body.get("images")), strings(body.get("labels"), "labels"),
                         None if template is None else string(template, "prompt_template"),
@@ -143,16 +142,25 @@ def classify_request(body: Any) -> ClassifyArgs:
 
 
 def embed_request(body: Any) -> EmbedArgs:
-    body = obj(body, "", ("inputs", "normalize", "dtype", "truncate"))
+    body = obj(body, "", ("inputs", "normalize", "dtype", "truncate", "model"))
     return EmbedArgs(embed_items(body.get("inputs")), flag(body, "normalize"),
                      dtype(body.get("dtype")) == pb.EMBEDDING_DTYPE_FLOAT16,
                      flag(body, "truncate"))
 
 
 def score_request(body: Any) -> tuple[list[ImageInput], list[str], bool]:
-    body = obj(body, "", ("images", "texts", "truncate"))
+    body = obj(body, "", ("images", "texts", "truncate", "model"))
     return (images(body.get("images")), strings(body.get("texts"), "texts"),
             flag(body, "truncate"))
+
+
+def requested_model(body: Any) -> str:
+    """The body's ``model`` (the name, the configured checkpoint or its last path part;
+    absent or empty: the default model), read before the rest so that the body's other
+    fields are checked against the model it names (gateway/engines.py resolves it)."""
+    if not isinstance(body, dict) or body.get("model") is None:
+        return ""
+    return string(body["model"], "model")
 
 
 def flag(body: Json, name: str) -> bool:
@@ -186,14 +194,14 @@ def floats(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32).ravel()
 
 
-def classify_response(result: Classified) -> Json:
+def classify_response(result: Classified, model: str) -> Json:
     return {"results": [{"scores": [
         {"label": s.label, "probability": np.float32(s.probability),
          "logit": np.float32(s.logit)} for s in row]} for row in result.scores],
-        "truncated_labels": result.truncated_labels}
+        "truncated_labels": result.truncated_labels, "model": model}
 
 
-def embed_response(result: Embedded, float16: bool = False) -> Json:
+def embed_response(result: Embedded, model: str, float16: bool = False) -> Json:
     if float16:
         half = np.asarray(result.embeddings, dtype="<f2")
         rows: list[Json] = [{"float16_values": base64.b64encode(row.tobytes()).decode()}
@@ -201,17 +209,18 @@ def embed_response(result: Embedded, float16: bool = False) -> Json:
     else:
         rows = [{"values": row} for row in
                 np.ascontiguousarray(result.embeddings, dtype=np.float32)]
-    return {"embeddings": rows, "truncated_inputs": result.truncated_inputs}
+    return {"embeddings": rows, "truncated_inputs": result.truncated_inputs, "model": model}
 
 
-def score_response(result: Scored) -> Json:
+def score_response(result: Scored, model: str) -> Json:
     return {"num_images": int(result.logits.shape[0]), "num_texts": int(result.logits.shape[1]),
             "probabilities": floats(result.probabilities), "logits": floats(result.logits),
-            "truncated_texts": result.truncated_texts}
+            "truncated_texts": result.truncated_texts, "model": model}
 
 
-def model_info(meta: ModelMeta, preprocess_mode: str, default_template: str) -> Json:
-    """GetModelInfoResponse as protobuf's JSON mapping prints it, every field included."""
+def model_info(selected: pb.ModelInfo, models: Sequence[pb.ModelInfo]) -> Json:
+    """GetModelInfoResponse as protobuf's JSON mapping prints it, every field included:
+    ``selected`` at the top, every served model in ``models``."""
     return json_format.MessageToDict(
-        model_info_response(meta, preprocess_mode, default_template),
+        api_convert.model_info_response(selected, models),
         preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

@@ -1,4 +1,5 @@
-"""OpenAI-compatible ``POST /v1/embeddings``: request parsing and the response body.
+"""OpenAI-compatible ``POST /v1/embeddings`` (request parsing, the response body) and
+``GET /v1/models`` (the served models, as OpenAI lists its models).
 
 Texts as OpenAI defines ``input`` (a string or an array of strings; token-id arrays are
 refused: this model's tokenizer is not OpenAI's). Images follow infinity's convention: the
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from gateway.core.errors import InvalidInput
-from gateway.core.model_meta import ModelMeta
+from gateway.core.model_meta import ModelMeta, names_a_path
 from gateway.core.types import EmbedItem, EncodedImage
 from gateway.http.convert import Json, image_from_url, obj, string
 
@@ -36,20 +38,19 @@ class EmbeddingsRequest:
     encoding_format: str
 
 
-def served_names(meta: ModelMeta) -> tuple[str, ...]:
-    """What ``model`` may say: the served model id, or its last path component (the
-    hub name without its organisation, a local checkpoint's directory name)."""
-    full = meta.model_id
-    short = full.rstrip("/").rsplit("/", 1)[-1]
-    return (full, short) if short and short != full else (full,)
+def requested_model(body: Any) -> str:
+    """``model``, which OpenAI's API requires: a served model's name, its checkpoint as
+    configured, or that checkpoint's last path part (the hub id without its organisation);
+    gateway/engines.py resolves it."""
+    if not isinstance(body, dict):
+        raise InvalidInput("must be a JSON object")
+    return string(body.get("model"), "model")
 
 
 def parse(body: Any, meta: ModelMeta) -> EmbeddingsRequest:
+    """The request to the model ``meta`` describes (the one its ``model`` names)."""
     body = obj(body, "", FIELDS)
-    model = string(body.get("model"), "model")
-    if model not in served_names(meta):
-        raise InvalidInput(f"model {model!r} is not served here; this server serves "
-                           f"{' or '.join(repr(n) for n in served_names(meta))}", field="model")
+    model = requested_model(body)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ENCODINGS:
         raise InvalidInput(f"must be one of {', '.join(ENCODINGS)}", field="encoding_format")
@@ -100,3 +101,20 @@ def response(request: EmbeddingsRequest, embeds: np.ndarray, tokens: int) -> Jso
             "data": [{"object": "embedding", "index": i, "embedding": v}
                      for i, v in enumerate(values)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def owner(checkpoint: str) -> str:
+    """``owned_by``: the organisation of a hub id (``google/siglip-...``); a local checkpoint
+    is the deployment's own."""
+    if names_a_path(checkpoint) or "/" not in checkpoint:
+        return "siglip-gateway"
+    return checkpoint.split("/", 1)[0]
+
+
+def models_list(models: Sequence[tuple[str, str]], created: int) -> Json:
+    """OpenAI's model list of (name, checkpoint) pairs, default first. Each ``id`` is the
+    model's name, which ``/v1/embeddings`` takes as its ``model``; ``created`` is when this
+    server started serving them (Unix seconds), as the checkpoints carry no date."""
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": created, "owned_by": owner(checkpoint)}
+        for name, checkpoint in models]}

@@ -22,14 +22,15 @@ _SCALARS: dict[int, Json] = {
     FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int32", "minimum": 0},
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
 }
-# (method, path, summary, request message, response message); None: no body.
+# (method, path, summary, request message, response message). A GET's request message
+# gives its query parameters.
 ROUTES = (
     ("post", "/v1/classify", "Classify (zero-shot classification)", "ClassifyRequest",
      "ClassifyResponse"),
     ("post", "/v1/embed", "Embed images and texts", "EmbedRequest", "EmbedResponse"),
     ("post", "/v1/score", "Score every image against every text", "ScoreRequest",
      "ScoreResponse"),
-    ("get", "/v1/models/info", "GetModelInfo", None, "GetModelInfoResponse"),
+    ("get", "/v1/models/info", "GetModelInfo", "GetModelInfoRequest", "GetModelInfoResponse"),
 )
 ERRORS = {"400": "invalid argument (error.param names the field)",
           "401": "missing or invalid bearer token", "413": "request body too large",
@@ -75,7 +76,8 @@ def _schemas() -> Json:
     out["EmbeddingsRequest"] = {"type": "object", "required": ["input", "model"], "properties": {
         "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
                   "description": "texts; with modality image: data URIs, base64 or URLs"},
-        "model": {"type": "string", "description": "the served model (GET /v1/models/info)"},
+        "model": {"type": "string", "description": "a served model: its name (GET /v1/models), "
+                  "its checkpoint or the checkpoint's last path part"},
         "encoding_format": {"type": "string", "enum": list(ENCODINGS), "default": "float"},
         "dimensions": {"type": "integer", "description": "only the embedding size"},
         "modality": {"type": "string", "enum": list(MODALITIES), "default": "text",
@@ -89,15 +91,33 @@ def _schemas() -> Json:
                                     {"type": "string", "format": "byte"}]}}}},
         "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
                                                    "total_tokens": {"type": "integer"}}}}}
+    out["ModelsList"] = {"type": "object", "properties": {
+        "object": {"const": "list"},
+        "data": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string",
+                   "description": "the model's name, as POST /v1/embeddings takes it"},
+            "object": {"const": "model"},
+            "created": {"type": "integer", "description": "when this server started (Unix s)"},
+            "owned_by": {"type": "string"}}}}}}
     return out
 
 
-def _operation(summary: str, request: str | None, response: str) -> Json:
+def _query(message: str) -> list[Json]:
+    """A GET's query parameters: its request message's scalar fields."""
+    desc = pb.DESCRIPTOR.message_types_by_name[message]
+    return [{"name": fd.name, "in": "query", "required": False, "schema": dict(_SCALARS[fd.type])}
+            for fd in desc.fields if fd.type in _SCALARS and not _repeated(fd)]
+
+
+def _operation(summary: str, request: str | None, response: str, *, query: bool = False,
+               ) -> Json:
     op: Json = {"summary": summary, "responses": {
         "200": {"description": "OK", "content": {"application/json": {"schema": _ref(response)}}},
         **{code: {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
            for code, text in ERRORS.items()}}}
-    if request:
+    if request and query:
+        op["parameters"] = _query(request)
+    elif request:
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": _ref(request)}}}
     return op
@@ -106,13 +126,16 @@ def _operation(summary: str, request: str | None, response: str) -> Json:
 def document(version: str) -> Json:
     paths: Json = {}
     for method, path, summary, request, response in ROUTES:
-        paths.setdefault(path, {})[method] = _operation(summary, request, response)
+        paths.setdefault(path, {})[method] = _operation(summary, request, response,
+                                                        query=method == "get")
     paths["/v1/embeddings"] = {"post": _operation(
         "OpenAI-compatible embeddings", "EmbeddingsRequest", "EmbeddingsResponse")}
+    paths["/v1/models"] = {"get": _operation("OpenAI-compatible model list", None,
+                                             "ModelsList")}
     return {"openapi": "3.1.0",
             "info": {"title": "siglip-gateway HTTP API", "version": version,
                      "description": "JSON mirror of siglip.v1.SiglipService, and OpenAI's "
-                                    "POST /v1/embeddings."},
+                                    "POST /v1/embeddings and GET /v1/models."},
             "paths": paths, "components": {"schemas": _schemas(), "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"}}},
             "security": [{"bearer": []}, {}]}

@@ -64,6 +64,8 @@ class RequestScope:
     input_bytes: int = 0
     span: Any = None
     trace_id: str | None = None
+    # The served model's name, once the adapter knows which the request is for.
+    model: str = ""
 
     def add_inputs(self, images: int = 0, texts: int = 0, nbytes: int = 0) -> None:
         self.images += images
@@ -79,6 +81,8 @@ class RequestScope:
         out = {"request_id": self.request_id, "protocol": self.protocol, "method": self.method,
                "status": self.status, "duration_ms": round(duration_s * 1000, 3),
                "images": self.images, "texts": self.texts, "input_bytes": self.input_bytes}
+        if self.model:
+            out["model"] = self.model
         if self.trace_id is not None:
             out["trace_id"] = self.trace_id
         return out
@@ -124,7 +128,8 @@ class Observability:
                 self.tracing.end_server_span(
                     opened, {"request.status": scope.status, "request.images": scope.images,
                              "request.texts": scope.texts,
-                             "request.input_bytes": scope.input_bytes},
+                             "request.input_bytes": scope.input_bytes,
+                             **({"siglip.model": scope.model} if scope.model else {})},
                     scope.status if scope.server_error else None)
             if self.log_requests and self._log.isEnabledFor(logging.INFO):
                 self._log_line(scope, duration)
@@ -136,7 +141,8 @@ class Observability:
         # a third of the line's cost, for a location that is always this one.
         message = (f"{scope.method} {scope.status} {duration * 1000:.1f} ms "
                    f"request_id={scope.request_id} images={scope.images} texts={scope.texts} "
-                   f"input_bytes={scope.input_bytes}")
+                   f"input_bytes={scope.input_bytes}"
+                   + (f" model={scope.model}" if scope.model else ""))
         self._log.handle(self._log.makeRecord(
             self._log.name, logging.INFO, __file__, 0, message, None, None,
             extra={"request": scope.fields(duration)}))

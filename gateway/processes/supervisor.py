@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +83,13 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, checkpoint: Path, triton_url: str, meta: ModelMeta,
-                 *, embedded: bool) -> None:
+    def __init__(self, settings: Settings, checkpoints: Mapping[str, Path], triton_url: str,
+                 metas: Mapping[str, ModelMeta], *, embedded: bool) -> None:
+        """``checkpoints`` and ``metas``: per served model name, the default first."""
         self.settings = settings
-        self.checkpoint = checkpoint
+        self.checkpoints = dict(checkpoints)
         self.triton_url = triton_url
-        self.meta = meta
+        self.metas = dict(metas)
         self.embedded = embedded
         self.slots = [_Slot(i) for i in range(settings.processes)]
         self.metrics = AggregatedMetrics()
@@ -142,7 +144,9 @@ class Supervisor:
     # -- workers -----------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
         read_end, write_end = os.pipe()
-        spec = WorkerSpec(self._worker_settings, str(self.checkpoint), slot.index, write_end)
+        spec = WorkerSpec(self._worker_settings,
+                          {name: str(path) for name, path in self.checkpoints.items()},
+                          slot.index, write_end)
         # The workers import this very package, wherever the parent found it.
         root = str(Path(gateway.__file__).resolve().parent.parent)
         env = {**os.environ, **self.metrics.worker_env, SPEC_ENV: spec.encode(),
@@ -255,11 +259,11 @@ class Supervisor:
             slot.tree = None
 
     def _log_ready(self, port: int, metrics_port: int | None, http_port: int | None) -> None:
-        s, meta = self.settings, self.meta
+        from gateway.app import describe_models
+
+        s = self.settings
         log.info(
-            "siglip-gateway ready: grpc %s:%d, metrics :%s, http :%s, model %s%s, embedding dim "
-            "%d, triton %s%s, %d processes (pids %s) x %d threads", s.host, port, metrics_port,
-            http_port,
-            s.model, " (RANDOM WEIGHTS: scores are meaningless)" if meta.random_weights else "",
-            meta.embedding_dim, self.triton_url, " (embedded)" if self.embedded else "",
+            "siglip-gateway ready: grpc %s:%d, metrics :%s, http :%s, %s, triton %s%s, "
+            "%d processes (pids %s) x %d threads", s.host, port, metrics_port, http_port,
+            describe_models(self.metas), self.triton_url, " (embedded)" if self.embedded else "",
             len(self.slots), ",".join(str(slot.pid) for slot in self.slots), s.workers)

@@ -1,13 +1,13 @@
 """One worker process of ``serve --processes N``: a GatewayServer on the shared port.
 
-Started by the supervisor as ``python -m gateway.processes.worker`` (a fresh interpreter, not
-a fork: the parent runs gRPC and threads, which fork does not copy safely). Everything it
-needs comes in one spec (SPEC_ENV, JSON): the parent's Settings as resolved (real port,
-Triton URL), the checkpoint directory, its index, and a pipe to report on. The environment
-is the channel rather than argv because the settings may hold the bearer token, and a
-process's environment is readable by its user only. Reports, one line each: ``listening``
-(the port is bound), ``ready`` (Triton seen ready the first time). SIGTERM drains it as a
-single-process gateway is drained.
+Started by the supervisor as ``python -m gateway.processes.worker`` (a fresh interpreter, not a
+fork: the parent runs gRPC and threads, which fork does not copy safely). Everything it needs
+comes in one spec (SPEC_ENV, JSON): the parent's Settings as resolved (real port, Triton URL),
+each served model's checkpoint directory, its index, and a pipe to report on. The environment is
+the channel rather than argv because the settings may hold the bearer token, and a process's
+environment is readable by its user only. Reports, one line each: ``listening`` (the port is
+bound), ``ready`` (Triton seen ready the first time). SIGTERM drains it as a single-process
+gateway is drained.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ log = logging.getLogger("gateway")
 @dataclass(frozen=True)
 class WorkerSpec:
     settings: Settings
-    checkpoint: str
+    # Per model name, its checkpoint directory as the parent resolved it.
+    checkpoints: dict[str, str]
     index: int
     status_fd: int
 
     def encode(self) -> str:
         return json.dumps({"settings": dataclasses.asdict(self.settings),
-                           "checkpoint": self.checkpoint, "index": self.index,
+                           "checkpoints": self.checkpoints, "index": self.index,
                            "status_fd": self.status_fd})
 
     @classmethod
@@ -49,7 +50,8 @@ class WorkerSpec:
         data = json.loads(raw)
         settings = Settings(**data["settings"])
         settings.validate()
-        return cls(settings, data["checkpoint"], int(data["index"]), int(data["status_fd"]))
+        return cls(settings, dict(data["checkpoints"]), int(data["index"]),
+                   int(data["status_fd"]))
 
 
 def main() -> int:
@@ -83,7 +85,8 @@ async def _serve(spec: WorkerSpec, status: IO[str]) -> int:
     settings = spec.settings
     # Each worker exports its own spans; the parent checked these settings at start-up.
     tracing = Tracing.start(TracingConfig.from_env(os.environ))
-    server = GatewayServer(settings, settings.triton_url, checkpoint=Path(spec.checkpoint),
+    server = GatewayServer(settings, settings.triton_url,
+                           checkpoints={name: Path(c) for name, c in spec.checkpoints.items()},
                            share_port=True, tracing=tracing)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -74,8 +74,9 @@ async def test_bearer_token_on_the_api_not_on_the_page(tiny_checkpoint, fake):
         good = await asyncio.to_thread(_openai(gw, api_key=TOKEN).embeddings.create,
                                        model=gw.settings.model, input="x")
         assert len(good.data[0].embedding) == fake.dim
-        counted = gw.server.metrics.registry.get_sample_value(
-            REQUESTS, {"method": "Classify", "code": "UNAUTHENTICATED", "protocol": "http"})
+        counted = gw.server.metrics.registry.get_sample_value(REQUESTS, {
+            "method": "Classify", "code": "UNAUTHENTICATED", "protocol": "http",
+            "model": gw.server.metrics.models[0]})  # before any model is known: the default
         assert counted == 4
 
 
@@ -178,8 +179,9 @@ async def test_overload_unavailable_and_deadline(tiny_checkpoint, fake):
         assert info.value.status_code == 503
         registry = gw.server.metrics.registry
         for code in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE"):
-            assert registry.get_sample_value(
-                REQUESTS, {"method": "Classify", "code": code, "protocol": "http"}) >= 1, code
+            assert registry.get_sample_value(REQUESTS, {
+                "method": "Classify", "code": code, "protocol": "http",
+                "model": gw.server.metrics.models[0]}) >= 1, code
 
 
 async def test_shutdown_finishes_http_calls_in_flight_and_refuses_new_ones(tiny_checkpoint,

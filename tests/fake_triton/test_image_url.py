@@ -127,7 +127,8 @@ async def test_url_image_embeds_as_its_bytes(env, fake):
     assert registry.get_sample_value("siglip_gateway_image_url_fetches_total",
                                      {"outcome": "ok"}) == 3  # a redirect is one fetch
     assert registry.get_sample_value("siglip_gateway_stage_duration_seconds_count",
-                                     {"stage": "fetch"}) >= 2
+                                     {"stage": "fetch",
+                                      "model": env["server"].specs[0].name}) >= 2
     assert env["private"].received_nothing
 
 

@@ -42,6 +42,8 @@ def _bad_request(rng: random.Random) -> pb.ClassifyRequest:
         pb.ClassifyRequest(images=[small_raw_image()], labels=[]),
         pb.ClassifyRequest(images=[bad_image], labels=[_random_label(rng)]),
         pb.ClassifyRequest(images=[small_raw_image()], labels=[_random_label(rng) + "\x00"]),
+        # An unknown model counts under the default model's label, not its own.
+        pb.ClassifyRequest(images=[small_raw_image()], labels=["x"], model=_random_label(rng)),
     ])
 
 
@@ -86,5 +88,6 @@ async def test_random_labels_do_not_grow_metric_series(tiny_checkpoint, fake):
         # The series do count what happened (so an unchanged count is not an idle registry).
         ok = metrics.registry.get_sample_value(
             "siglip_gateway_requests_total",
-            {"method": "Classify", "code": "OK", "protocol": "grpc"})
+            {"method": "Classify", "code": "OK", "protocol": "grpc",
+             "model": gw.server.specs[0].name})
         assert ok == 1 + codes["OK"]

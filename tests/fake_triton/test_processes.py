@@ -43,14 +43,16 @@ pytestmark = pytest.mark.timeout(120)
 PROCESSES = 2
 CHANNELS = 16  # all on one worker out of two: 2 ** -15
 REQUESTS = "siglip_gateway_requests_total"
+# The `model` label of the one model served: the gateway is started with "tiny=CHECKPOINT".
+MODEL = "tiny"
 
 
 async def _start(tiny_checkpoint, fake, tmp_path, *, http: bool = False,
                  **env: str) -> GatewayProcess:
     fake.delay_s = 0.0
     fake.ready = True
-    gw = GatewayProcess(tiny_checkpoint, fake.url, tmp_path / "gateway.log", metrics=True,
-                        processes=PROCESSES, http=http,
+    gw = GatewayProcess(f"{MODEL}={tiny_checkpoint}", fake.url, tmp_path / "gateway.log",
+                        metrics=True, processes=PROCESSES, http=http,
                         env={"SIGLIP_SHUTDOWN_GRACE_S": "5", **env})
     await gw.start(timeout_s=60)
     assert len(gw.worker_pids()) == PROCESSES
@@ -87,8 +89,12 @@ def _metrics_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("siglip-gateway-metrics-*"))
 
 
+def _embed_ok(protocol: str) -> str:
+    return f'{REQUESTS}{{code="OK",method="Embed",model="{MODEL}",protocol="{protocol}"}}'
+
+
 def _classify_ok() -> str:
-    return f'{REQUESTS}{{code="OK",method="Classify",protocol="grpc"}}'
+    return f'{REQUESTS}{{code="OK",method="Classify",model="{MODEL}",protocol="grpc"}}'
 
 
 async def test_workers_share_the_port_and_metrics_count_every_call_once(tiny_checkpoint, fake,
@@ -115,15 +121,15 @@ async def test_workers_share_the_port_and_metrics_count_every_call_once(tiny_che
         assert len(names) == len(set(names)), "a series appears twice"
         assert not any('pid="' in name for name in names)  # gauges aggregated, not per pid
         assert _value(samples, _classify_ok()) == calls
-        embed_ok = f'{REQUESTS}{{code="OK",method="Embed",protocol="grpc"}}'
-        assert _value(samples, embed_ok) == CHANNELS
+        assert _value(samples, _embed_ok("grpc")) == CHANNELS
         assert _value(samples, "siglip_gateway_requests_in_flight") == 0
         assert _value(samples, "siglip_gateway_triton_ready") == 1
         assert _value(samples, "siglip_gateway_worker_restarts_total") == 0
         # The text cache is per process: the one text missed once in each worker.
-        assert _value(samples, "siglip_gateway_text_cache_misses_total") >= PROCESSES
+        assert _value(samples, f'siglip_gateway_text_cache_misses_total{{model="{MODEL}"}}') \
+            >= PROCESSES
         count = _value(samples, "siglip_gateway_request_duration_seconds_count"
-                                '{method="Classify",protocol="grpc"}')
+                                f'{{method="Classify",model="{MODEL}",protocol="grpc"}}')
         assert count == calls
     finally:
         gw.kill()
@@ -150,9 +156,8 @@ async def test_every_worker_answers_http_on_the_shared_port(tiny_checkpoint, fak
         assert sum(owners.values()) == CHANNELS
         assert sorted(owners) == workers, owners  # every worker took connections
         samples = await asyncio.to_thread(_scrape, gw.metrics_port)
-        assert _value(samples, f'{REQUESTS}{{code="OK",method="Embed",protocol="http"}}') \
-            == CHANNELS
-        assert _value(samples, f'{REQUESTS}{{code="OK",method="Embed",protocol="grpc"}}') is None
+        assert _value(samples, _embed_ok("http")) == CHANNELS
+        assert _value(samples, _embed_ok("grpc")) is None
     finally:
         gw.kill()
 

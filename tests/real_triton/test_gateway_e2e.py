@@ -137,13 +137,13 @@ async def test_repeated_labels_make_no_text_tower_call(client, gateway):
     image = imagegen.photo_jpeg(64, 64, seed=3)
     await client.classify([image], labels)
     stats_before = await gateway._backend.statistics("siglip_text")
-    hits_before = gateway.metrics.cache_hits._value.get()
-    misses_before = gateway.metrics.cache_misses._value.get()
+    hits_before = _cache(gateway, "hits")
+    misses_before = _cache(gateway, "misses")
     await client.classify([image], labels)
     stats_after = await gateway._backend.statistics("siglip_text")
     assert stats_after["inference_count"] == stats_before["inference_count"]
-    assert gateway.metrics.cache_hits._value.get() - hits_before == len(labels)
-    assert gateway.metrics.cache_misses._value.get() == misses_before
+    assert _cache(gateway, "hits") - hits_before == len(labels)
+    assert _cache(gateway, "misses") == misses_before
 
 
 async def test_model_info_says_random(client, tiny_checkpoint):
@@ -183,7 +183,8 @@ async def test_health_reflection_and_metrics(client, gateway):
         sample.value for family in text_string_to_metric_families(body)
         for sample in family.samples
         if sample.name == "siglip_gateway_requests_total"
-        and sample.labels == {"method": "Classify", "code": "OK", "protocol": "grpc"}]
+        and sample.labels == {"method": "Classify", "code": "OK", "protocol": "grpc",
+                              "model": gateway.specs[0].name}]
     assert ok_classify and ok_classify[0] >= 1
 
 
@@ -265,8 +266,8 @@ async def test_ensemble_is_cached_per_label(client, gateway):
 
     async def text_calls_and_prompt_lookups() -> tuple[int, float]:
         stats = await gateway._backend.statistics("siglip_text")
-        hits = gateway.metrics.cache_hits._value.get()
-        return int(stats["inference_count"]), hits + gateway.metrics.cache_misses._value.get()
+        hits = _cache(gateway, "hits")
+        return int(stats["inference_count"]), hits + _cache(gateway, "misses")
 
     await client.classify([image], labels, prompt_templates=TEMPLATES)
     calls, lookups = await text_calls_and_prompt_lookups()
@@ -342,3 +343,8 @@ async def test_embed_stream_options_per_message(client):
     np.testing.assert_array_equal(got_raw, raw)
     np.testing.assert_array_equal(got_half, unit.astype(np.float16))
     assert all(not e.values for e in responses[1].embeddings)
+
+
+def _cache(gateway: GatewayServer, what: str) -> float:
+    """The text cache's hits or misses of the one model served."""
+    return getattr(gateway.metrics, f"cache_{what}").labels(gateway.specs[0].name)._value.get()

@@ -66,6 +66,12 @@ async def test_openai_client_embeds_texts_and_an_image_as_grpc_does(gateway, grp
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert texts.model == model and texts.object == "list"
+    # One model served: GET /v1/models lists it under the name embeddings takes too.
+    listed = await asyncio.to_thread(client.models.list)
+    assert [m.id for m in listed.data] == [gateway.server.metrics.models[0]]
+    by_name = await asyncio.to_thread(client.embeddings.create, model=listed.data[0].id,
+                                      input=TEXTS[0], encoding_format="float")
+    np.testing.assert_array_equal(np.float32(by_name.data[0].embedding), got[0])
 
     # usage: the texts' real token counts (truncated at 64, no padding); an image counts 0.
     counts = TextTokenizer.for_model(load_model_meta(str(tiny_checkpoint))).count(TEXTS)
@@ -151,6 +157,9 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
         info = await http.get("/v1/models/info")
         document = await http.get("/openapi.json")
     assert score.status_code == embed.status_code == info.status_code == 200
+    name = gateway.server.metrics.models[0]  # the one (default) model's name
+    assert score.json()["model"] == embed.json()["model"] == info.json()["name"] == name
+    assert [m["name"] for m in info.json()["models"]] == [name]
     expected_score = await grpc_client.score([jpeg], TEXTS[:2])
     assert score.json()["num_images"] == 1 and score.json()["num_texts"] == 2
     # JSON prints each float32 in its shortest form: read back, the very float32 gRPC sends.
@@ -185,9 +194,9 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
     # Counted with the gRPC calls' metric series, protocol http.
     registry = gateway.server.metrics.registry
     assert registry.get_sample_value("siglip_gateway_requests_total", {
-        "method": "Score", "code": "OK", "protocol": "http"}) >= 1
+        "method": "Score", "code": "OK", "protocol": "http", "model": name}) >= 1
     assert registry.get_sample_value("siglip_gateway_requests_total", {
-        "method": "Score", "code": "OK", "protocol": "grpc"}) >= 1
+        "method": "Score", "code": "OK", "protocol": "grpc", "model": name}) >= 1
 
 
 async def test_json_takes_the_zero_shot_options_as_grpc_does(gateway, grpc_client):

@@ -77,7 +77,7 @@ def make_engine(meta):
     def make(mode: PreprocessMode) -> tuple[Engine, RoutingBackend, Metrics]:
         backend, metrics = RoutingBackend(meta.embedding_dim), Metrics()
         engine = Engine(meta=meta, tokenizer=TextTokenizer.for_model(meta),
-                        backend=backend, pool=pool, metrics=metrics,
+                        backend=backend, pool=pool, metrics=metrics.for_model("default"),
                         cache=EmbeddingCache(100), request_limits=RequestLimits(),
                         image_limits=LIMITS, mode=mode)
         return engine, backend, metrics
@@ -86,9 +86,9 @@ def make_engine(meta):
     pool.shutdown()
 
 
-def _decodes(metrics: Metrics) -> dict[str, float]:
+def _decodes(metrics: Metrics, model: str = "default") -> dict[str, float]:
     return {where: metrics.registry.get_sample_value("siglip_gateway_image_decodes_total",
-                                                     {"where": where})
+                                                     {"where": where, "model": model})
             for where in ("gateway", "triton", "gateway_retry")}
 
 
@@ -212,5 +212,5 @@ async def test_triton_decoding_is_close_to_exact_over_the_wire(gateways):
     # JPEG, the PNG and the text (1, 5, 6) were computed exactly as in exact mode.
     assert cosines[[0, 2, 3, 4]].min() >= 0.999, cosines
     assert cosines[[1, 5, 6]].min() >= 0.99999, cosines
-    decodes = _decodes(gateways["triton"].metrics)
+    decodes = _decodes(gateways["triton"].metrics, gateways["triton"].specs[0].name)
     assert decodes["triton"] == 4 and decodes["gateway"] == 2, decodes

@@ -148,6 +148,7 @@ async def test_page_shows_the_grpc_classify_and_score_results(page, log, gateway
     await expect(page.locator("#model-info")).to_contain_text("bearer token")
     await _enter_token(page)
     await expect(page.locator("#model-info")).to_contain_text(info.model_id)
+    await expect(page.locator("#model-form")).to_be_hidden()  # one model: nothing to choose
     warning = expect(page.locator("#random-warning"))
     await (warning.to_be_visible() if info.random_weights else warning.to_be_hidden())
 

@@ -4,14 +4,16 @@ Speaks Triton's real gRPC protocol (tritonclient's generated servicer) on 127.0.
 gateway's production ``TritonBackend`` talks to it unchanged. It serves the two SigLIP towers
 with deterministic embeddings of the checkpoint's size and lets a test set an upstream delay, an
 error status and the readiness flag, count calls and see which calls the client cancelled.
-It can stop and start again on the same port (Triton going away and coming back).
+It can stop and start again on the same port (Triton going away and coming back). With several
+models served, it answers for each one's suffixed towers too (``siglip_text__NAME``,
+gateway/contract.py); ``received`` tells which model's towers a call went to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -19,7 +21,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as tpb
 from tritonclient.grpc import service_pb2_grpc as tpb_grpc
 
-from gateway.contract import TENSORS, TEXT_MODEL, VISION_MODEL
+from gateway.contract import TENSORS, TEXT_MODEL, VISION_MODEL, TritonNames, base_model
 from siglip_tools.checkpoint import shape_of
 
 # The tiny test checkpoint's shapes (tests/conftest.py makes it with the defaults).
@@ -31,6 +33,16 @@ MODELS = {
     for model, shape in ((VISION_MODEL, (IMAGE_SIZE, IMAGE_SIZE, 3)), (TEXT_MODEL, (TEXT_LENGTH,)))
 }
 _NP_DTYPES = {"UINT8": np.uint8, "INT64": np.int64}
+
+
+def served_models(names: Sequence[str]) -> dict[str, tuple]:
+    """MODELS under the Triton names of a deployment of several models (gateway/contract.py)."""
+    out = {}
+    for name in names:
+        triton = TritonNames.suffixed(name)
+        for model in (triton.vision, triton.text):
+            out[model] = MODELS[base_model(model)]
+    return out
 
 
 def fake_embeddings(rows: np.ndarray, dim: int) -> np.ndarray:
@@ -66,11 +78,11 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         self._fake.ready_checks += 1
-        return tpb.ModelReadyResponse(ready=self._fake.ready and request.name in MODELS)
+        return tpb.ModelReadyResponse(ready=self._fake.ready and request.name in self._fake.models)
 
     async def ModelStatistics(self, request, context):
         stats = tpb.ModelStatisticsResponse()
-        for name in MODELS if not request.name else (request.name,):
+        for name in self._fake.models if not request.name else (request.name,):
             done = self._fake.completed[name]
             stats.model_stats.add(name=name, version="1", inference_count=done,
                                   execution_count=done)
@@ -79,9 +91,9 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         fake = self._fake
         model = request.model_name
-        if model not in MODELS:
+        if model not in fake.models:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{model}'")
-        input_name, dtype, row_shape, output_name = MODELS[model]
+        input_name, dtype, row_shape, output_name = fake.models[model]
         tensor = request.inputs[0]
         if (tensor.name != input_name or tensor.datatype != dtype
                 or tuple(tensor.shape[1:]) != row_shape):
@@ -118,11 +130,15 @@ class _Servicer(tpb_grpc.GRPCInferenceServiceServicer):
 class FakeTriton:
     """Knobs (change them any time): ``delay_s``, ``error`` (a StatusCode or None),
     ``fail_when`` (instead of ``error``: the call's input rows → a StatusCode or None),
-    ``error_message``, ``ready``. Records: ``calls``, ``received`` (every call, in arrival
-    order), ``completed``, ``cancelled``, ``in_progress``, ``ready_checks``."""
+    ``error_message``, ``ready``, ``models`` (what it serves: remove one to make it unready).
+    Records: ``calls``, ``received`` (every call, in arrival order), ``completed``,
+    ``cancelled``, ``in_progress``, ``ready_checks``. ``served``: the names of a deployment of
+    several models, whose suffixed towers it then serves instead of the plain ones."""
 
-    def __init__(self, dim: int, *, delay_s: float = 0.0, ready: bool = True) -> None:
+    def __init__(self, dim: int, *, delay_s: float = 0.0, ready: bool = True,
+                 served: Sequence[str] = ()) -> None:
         self.dim = dim
+        self.models = served_models(served) if served else dict(MODELS)
         self.delay_s = delay_s
         self.ready = ready
         self.error: grpc.StatusCode | None = None

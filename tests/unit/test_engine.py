@@ -47,7 +47,7 @@ def engine_and_backend(tiny_checkpoint):
     backend = CountingBackend(meta.embedding_dim)
     with ThreadPoolExecutor(2) as pool:
         yield Engine(meta=meta, tokenizer=TextTokenizer.for_model(meta),
-                     backend=backend, pool=pool, metrics=Metrics(),
+                     backend=backend, pool=pool, metrics=Metrics().for_model("default"),
                      cache=EmbeddingCache(1000), request_limits=RequestLimits(),
                      image_limits=ImageLimits(), mode=PreprocessMode.EXACT), backend
 

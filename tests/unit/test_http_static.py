@@ -1,6 +1,7 @@
 """The HTTP API's public routes: the try-it page and its static files, the OpenAPI document.
 
-In-process (Starlette's test client): no engine is needed for these routes.
+In-process (Starlette's test client): no engine is needed for these routes (the one served
+model has none).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from gateway.admission import Admission
+from gateway.engines import Engines, Served
 from gateway.http.app import HttpApi
 from gateway.metrics import Metrics
+from gateway.model_specs import ModelSpec
 
 
 def _client(static: Path, token: str = "") -> TestClient:
     metrics = Metrics()
-    api = HttpApi(None, Admission(4, metrics.in_flight), metrics,  # type: ignore[arg-type]
+    engines = Engines([Served(ModelSpec("m", "ckpt"), None)])  # type: ignore[arg-type]
+    api = HttpApi(engines, Admission(4, metrics.in_flight), metrics,
                   preprocess_mode="exact", max_message_bytes=1024, auth_token=token,
                   static_dir=static)
     return TestClient(api.app(), raise_server_exceptions=False)

@@ -44,7 +44,7 @@ def test_settings_resolve_processes_and_threads_once():
 def test_worker_spec_carries_the_settings_unchanged():
     settings = Settings.from_env({}, triton_url="127.0.0.1:1", processes=7, workers=3,
                                  auth_token="secret", port=4321, max_in_flight=9)
-    spec = WorkerSpec(settings, "/ckpt", 2, 11)
+    spec = WorkerSpec(settings, {"tiny": "/ckpt"}, 2, 11)
     assert WorkerSpec.decode(spec.encode()) == spec
 
 
@@ -83,7 +83,7 @@ def _supervisor(processes: int = 2):
     from gateway.processes.supervisor import Supervisor
 
     settings = Settings.from_env({}, triton_url="127.0.0.1:1", processes=processes)
-    return Supervisor(settings, Path("/ckpt"), settings.triton_url, None,  # type: ignore[arg-type]
+    return Supervisor(settings, {"tiny": Path("/ckpt")}, settings.triton_url, {},
                       embedded=False)
 
 

@@ -7,6 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const els = {
     modelInfo: $("model-info"), randomWarning: $("random-warning"), token: $("token"),
+    modelForm: $("model-form"), model: $("model"),
     tokenForm: $("token-form"),
     dropzone: $("dropzone"), fileInput: $("file-input"), imageNotes: $("image-notes"),
     previews: $("previews"), clearImages: $("clear-images"),
@@ -88,14 +89,44 @@
 
   // --- model info ----------------------------------------------------------------------------
 
+  // The model requests name: the one chosen when the server serves several (the selector is
+  // shown), else none (the server's default).
+  function chosenModel() {
+    return els.modelForm.hidden ? "" : els.model.value;
+  }
+
+  function withModel(body) {
+    const model = chosenModel();
+    return model ? { ...body, model } : body;
+  }
+
+  // The selector lists every served model, default first; shown only when there is a choice.
+  function fillModels(models, selected) {
+    els.modelForm.hidden = models.length < 2;
+    if (models.length < 2) { els.model.replaceChildren(); return; }
+    const names = models.map((m) => m.name);
+    const current = [...els.model.options].map((o) => o.value);
+    if (names.join("\n") !== current.join("\n")) {
+      els.model.replaceChildren(...models.map((m) => {
+        const option = document.createElement("option");
+        option.value = m.name;
+        option.textContent = m.name === m.model_id ? m.name : `${m.name} (${m.model_id})`;
+        return option;
+      }));
+    }
+    els.model.value = selected;
+  }
+
   async function loadInfo() {
     try {
-      const info = await api("v1/models/info");
+      const model = chosenModel();
+      const info = await api("v1/models/info" + (model ? "?model=" + encodeURIComponent(model) : ""));
+      fillModels(info.models || [], info.name || "");
       els.modelInfo.textContent = `Model ${info.model_id}: images ${info.image_size}×${info.image_size}`
         + `, texts ${info.text_length} tokens, embeddings of ${info.embedding_dim}`
         + `, preprocessing “${info.preprocess_mode}”.`;
       els.randomWarning.hidden = !info.random_weights;
-      if (info.default_prompt_template) els.template.placeholder = info.default_prompt_template;
+      els.template.placeholder = info.default_prompt_template || "";
     } catch (err) {
       els.randomWarning.hidden = true;
       els.modelInfo.textContent = err.status === 401
@@ -301,7 +332,7 @@
         if (shared) { failCard(cards[i], "Not classified: see the error above."); return; }
         try {
           const data = await img.base64();
-          const response = await api("v1/classify", { ...request, images: [{ data }] });
+          const response = await api("v1/classify", withModel({ ...request, images: [{ data }] }));
           fillCard(cards[i], response.results[0].scores || []);
           done++;
         } catch (err) {
@@ -338,7 +369,8 @@
       els.searchStatus);
     try {
       const data = await Promise.all(batch.map((img) => img.base64()));
-      const response = await api("v1/score", { images: data.map((d) => ({ data: d })), texts: [text] });
+      const response = await api("v1/score",
+        withModel({ images: data.map((d) => ({ data: d })), texts: [text] }));
       const texts = response.num_texts || 1;
       const ranked = batch.map((img, i) => ({
         img,
@@ -405,6 +437,8 @@
   els.classifyForm.addEventListener("submit", classify);
   els.searchForm.addEventListener("submit", search);
   els.token.addEventListener("change", loadInfo);
+  els.model.addEventListener("change", loadInfo);
+  els.modelForm.addEventListener("submit", (event) => event.preventDefault());
   els.tokenForm.addEventListener("submit", (event) => { event.preventDefault(); loadInfo(); });
   loadInfo();
 })();
