@@ -13,11 +13,13 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.metrics import Metrics
+from gateway.model_specs import default_name
 from tests.monitoring.conftest import MonitoredRun
 from tests.support.k8s_render import K8S
 from tests.support.monitoring_manifests import selectors
@@ -156,6 +158,20 @@ async def test_namespace_variable_lists_the_namespace(monitored_run: MonitoredRu
     for scrape in monitored_run.scrapes:
         values = scrape.prometheus.label_values(m.group(2), m.group(1))
         assert scrape.layout.namespace in values, (query, values)
+
+
+@monitored
+@aio
+async def test_model_variable_lists_the_served_model(monitored_run: MonitoredRun,
+                                                     tiny_checkpoint: Path) -> None:
+    """The real gateways serve one model, named after its checkpoint's directory."""
+    query = {v["name"]: v for v in dashboard()["templating"]["list"]}["model"]["query"]
+    m = re.fullmatch(r"label_values\((.+), model\)", query)
+    assert m, f"variable query this test cannot evaluate: {query}"
+    for scrape in monitored_run.scrapes:
+        values = scrape.prometheus.label_values(
+            "model", substitute(m.group(1), scrape.layout.namespace))
+        assert values == [default_name(str(tiny_checkpoint))], (query, values)
 
 
 @monitored
