@@ -331,7 +331,7 @@ def test_pvc_component(overlay: str, docs: list[Obj]) -> None:
         (vol,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "checkpoint"]
         assert vol == {"name": "checkpoint", "persistentVolumeClaim": {
             "claimName": "siglip-checkpoint", "readOnly": True}}
-        (init,) = init_steps(dep)
+        (init,) = [s for s in init_steps(dep) if s["name"] == "checkpoint"]
         assert init["args"] == ["--wait"]
     job = get(docs, "Job", "siglip-checkpoint-fetch")
     (vol,) = [v for v in pod_spec(job)["volumes"] if v["name"] == "checkpoint"]
