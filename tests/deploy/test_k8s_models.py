@@ -10,11 +10,17 @@ checked: one-model overlays keep the image's repository and fetch one checkpoint
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from gateway.contract import triton_names
 from tests.support.k8s_render import (
     GATEWAY,
     GENERATOR,
@@ -97,6 +103,64 @@ def test_generated_repository_is_what_triton_serves(docs: list[Obj]) -> None:
     for m in served_models(docs):
         assert [mt["name"] for mt in step["volumeMounts"]
                 if m.checkpoint.startswith(mt["mountPath"] + "/")] == list(ckpt_mounts)
+
+
+def test_generator_builds_the_repository_the_overlay_expects(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Runs the real generator with the two-model overlay's arguments, as the pod would: into
+    an existing empty directory (an emptyDir mount point, which cannot be removed and made
+    again), with the checkpoint directories moved under tmp_path."""
+    if importlib.util.find_spec("gateway.embedded_triton.repository") is None:
+        pytest.skip("gateway/embedded_triton/repository.py (the generator) is not on this branch")
+    docs = render(TWO_MODELS)
+    step = repository_step(triton_workload(docs))
+    assert step is not None
+    ckpt = request.getfixturevalue("tiny_checkpoint")
+    models = served_models(docs)
+    local = {m.checkpoint: tmp_path / "checkpoint" / m.name for m in models}
+    for path in local.values():
+        path.parent.mkdir(exist_ok=True)
+        path.symlink_to(ckpt, target_is_directory=True)
+    (out_arg,) = option_values(step["args"], "--out")
+    out = tmp_path / "triton-models"
+    out.mkdir()
+    # Held open, the directory's inode cannot be reused by a new directory of the same path.
+    held = os.open(out, os.O_RDONLY)
+    args = list(step["args"])
+    for i, arg in enumerate(args):
+        if i and args[i - 1] == "--model":
+            name, _, checkpoint = arg.partition("=")
+            args[i] = f"{name}={local[checkpoint]}"
+    args[args.index(out_arg)] = str(out)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
+           **{e["name"]: e["value"] for e in step.get("env", []) if e["name"] != "HOME"
+              and "value" in e}}
+    proc = subprocess.run([sys.executable, *step["command"][1:], *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert os.path.samestat(os.fstat(held), out.stat()), (
+            "the generator replaced --out: a mount point cannot be removed")
+    finally:
+        os.close(held)
+    with_decoder = "--no-decoder" not in step["args"]
+    names = triton_names([m.name for m in models])
+    expected = {n for m in models for n in names[m.name].towers(with_decoder)}
+    if with_decoder:
+        expected |= {names[m.name].decode for m in models}
+    assert {p.parent.name for p in out.glob("*/config.pbtxt")} == expected
+    # Each python model loads its own model's checkpoint (config parameter `model`).
+    for m in models:
+        for triton_model in names[m.name].towers(False):
+            config = (out / triton_model / "config.pbtxt").read_text()
+            value = re.search(r'key:\s*"model"\s*value:\s*\{\s*string_value:\s*"([^"]*)"',
+                              config)
+            assert value and value[1] == str(local[m.checkpoint]), triton_model
+    # Self-contained: Triton's container has none of the gateway image's files, and a link
+    # copied as it was (siglip_text's model.py) would point at an unsuffixed directory.
+    for path in out.rglob("*"):
+        target = path.resolve(strict=True)
+        assert target.is_relative_to(out.resolve()), f"{path} leaves the repository"
 
 
 def test_generator_runs_the_gateway_image(docs: list[Obj]) -> None:
