@@ -153,7 +153,7 @@ def test_generator_builds_the_repository_the_overlay_expects(
     for m in models:
         for triton_model in names[m.name].towers(False):
             config = (out / triton_model / "config.pbtxt").read_text()
-            value = re.search(r'key:\s*"model"\s*value:\s*\{\s*string_value:\s*"([^"]*)"',
+            value = re.search(r'key:\s*"model"\s*value:?\s*\{\s*string_value:\s*"([^"]*)"',
                               config)
             assert value and value[1] == str(local[m.checkpoint]), triton_model
     # Self-contained: Triton's container has none of the gateway image's files, and a link
