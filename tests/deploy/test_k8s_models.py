@@ -1,10 +1,11 @@
 """Offline checks of the deployments that serve several models (k8s/overlays/gpu-two-models).
 
-The model list is written three times in such an overlay: the gateway's SIGLIP_MODEL, the
-init containers' fetch of the checkpoints (same variable, plus SIGLIP_HF_REPO), and the
-generator of Triton's model repository (its --model list). A name or a directory that differs
-would only show in the cluster, as a gateway that waits for Triton models that never come or
-a tower that loads another checkpoint; these tests keep the three equal. Every overlay is
+Three readers of the model list in such an overlay: the gateway's SIGLIP_MODEL, the init
+containers' fetch of the checkpoints (same variable, plus SIGLIP_HF_REPO), and the generator
+of Triton's model repository (its --model arguments, $(SIGLIP_MODEL) expanded by the kubelet).
+A name or a directory that differs would only show in the cluster, as a gateway that waits for
+Triton models that never come or a tower that loads another checkpoint; these tests keep the
+three equal. Every overlay is
 checked: one-model overlays keep the image's repository and fetch one checkpoint.
 """
 
@@ -48,6 +49,14 @@ from tests.support.k8s_render import (
 TWO_MODELS = "gpu-two-models"
 
 
+def _expanded_args(docs: list[Obj], step: Obj) -> list[str]:
+    """The container's args as the kubelet runs them: $(VAR) replaced from its environment
+    (an unknown variable stays as written, as Kubernetes leaves it)."""
+    env = env_of(docs, step)
+    return [re.sub(r"\$\((\w+)\)", lambda m: str(env.get(m[1], m[0])), arg)
+            for arg in step["args"]]
+
+
 @pytest.fixture(scope="module")
 def fetch() -> ModuleType:
     return fetch_script()
@@ -71,8 +80,9 @@ def test_triton_repository_names_the_served_models(docs: list[Obj]) -> None:
         return
     assert step is not None, "several models but no init container generates the repository"
     assert step["command"] == GENERATOR
-    args = step["args"]
-    given = [value.split("=", 1) for value in option_values(args, "--model")]
+    args = _expanded_args(docs, step)
+    given = [entry.split("=", 1) for value in option_values(args, "--model")
+             for entry in value.split(",")]
     # Same names, same checkpoint directories, same order (the first is the default).
     assert given == [[m.name, m.checkpoint] for m in models]
     assert not option_values(args, "--models-file")
@@ -126,11 +136,11 @@ def test_generator_builds_the_repository_the_overlay_expects(
     out.mkdir()
     # Held open, the directory's inode cannot be reused by a new directory of the same path.
     held = os.open(out, os.O_RDONLY)
-    args = list(step["args"])
+    args = _expanded_args(docs, step)
     for i, arg in enumerate(args):
         if i and args[i - 1] == "--model":
-            name, _, checkpoint = arg.partition("=")
-            args[i] = f"{name}={local[checkpoint]}"
+            entries = [entry.partition("=") for entry in arg.split(",")]
+            args[i] = ",".join(f"{name}={local[checkpoint]}" for name, _, checkpoint in entries)
     args[args.index(out_arg)] = str(out)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path),
            **{e["name"]: e["value"] for e in step.get("env", []) if e["name"] != "HOME"
