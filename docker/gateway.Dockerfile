@@ -26,6 +26,17 @@ COPY gateway ./gateway
 RUN pip install --no-cache-dir -c /tmp/constraints.txt '.[otel]' \
     && pip check \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+# Triton's model repository beside the installed package, where default_model_repository()
+# (gateway/embedded_triton/launcher.py) looks: <site-packages>/model_repository. From it the
+# init container of k8s/overlays/gpu-two-models (`python -m gateway.embedded_triton.repository`)
+# generates every model's Triton models. Here, not in the Triton image: that one has the
+# repository (/models) but not the gateway package, whose pinned dependencies would then have
+# to fit beside Triton's; the generator needs no torch. A few hundred KB; cp -a keeps
+# siglip_text's relative link to siglip_vision.
+COPY model_repository ./model_repository
+RUN cp -a model_repository "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/" \
+    && python -c "from gateway.embedded_triton.launcher import default_model_repository as d; \
+assert (d() / 'siglip_vision' / 'config.pbtxt').is_file(), d()"
 
 FROM base
 # checkov:skip=CKV_DOCKER_2:No HEALTHCHECK: Kubernetes ignores it; the pod runs native gRPC probes (k8s/base/gateway/deployment.yaml).

@@ -58,7 +58,9 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
         # Several models: a repository generated for them (gateway/embedded_triton/repository.py).
         served = ([(spec.name, str(checkpoints[spec.name])) for spec in specs]
                   if len(specs) > 1 else None)
-        triton = EmbeddedTriton(model=first, served=served, restart_on_exit=True,
+        triton = EmbeddedTriton(model=first, served=served,
+                                with_decoder=settings.preprocess_mode == "triton",
+                                restart_on_exit=True,
                                 startup_timeout_s=settings.triton_startup_timeout_s,
                                 cpu_threading=threading,
                                 extra_args=trace_args(settings.triton_trace_config))

@@ -94,7 +94,7 @@ def two_model_triton_factory() -> Iterator[Callable[[Mapping[str, Path]], Embedd
     def get(checkpoints: Mapping[str, Path]) -> EmbeddedTriton:
         key = tuple((name, str(path)) for name, path in checkpoints.items())
         if key not in started:
-            triton = EmbeddedTriton(model=key[0][1], served=key, startup_timeout_s=540,
+            triton = EmbeddedTriton(served=key, with_decoder=True, startup_timeout_s=540,
                                     logger=logging.getLogger("tests.two_model_triton"))
             triton.start()
             started[key] = triton
@@ -104,7 +104,9 @@ def two_model_triton_factory() -> Iterator[Callable[[Mapping[str, Path]], Embedd
         yield get
     finally:
         for triton in started.values():
+            repository = triton.model_repository
             triton.stop(grace_s=5)
+            assert not repository.exists(), "the generated repository outlived stop()"
 
 
 @pytest.fixture(params=OVERLAYS)

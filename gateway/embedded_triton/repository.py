@@ -155,7 +155,7 @@ def _checkpoint_value(checkpoint: str) -> str:
     """A directory that exists here is given to Triton absolute (its working directory is not
     ours); anything else (a hub id, a path that exists only where Triton runs) as given."""
     path = Path(checkpoint).expanduser()
-    return str(path.resolve()) if path.is_dir() else checkpoint
+    return str(path.absolute()) if path.is_dir() else checkpoint
 
 
 def _check(names: Sequence[str], source: Path, dest: Path) -> None:

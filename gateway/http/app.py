@@ -181,7 +181,7 @@ class HttpApi:
                                else _parse_json(raw))
                     scope.add_inputs(*_input_counts(payload), nbytes=len(raw))
                 served = self._engines.get(model_of(request, payload), field="model")
-                model = served.name
+                model = scope.model = served.name
                 args = None
                 if parser is not None:
                     args = (await asyncio.to_thread(parser, payload, served) if offload

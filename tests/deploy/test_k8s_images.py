@@ -4,7 +4,6 @@ the build context, and the init container's checkpoint step (k8s/base/config/fet
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.support.k8s_render import (
     Obj,
     all_containers,
     container,
+    fetch_script,
     get,
     of_kind,
     render,
@@ -117,12 +117,7 @@ def test_dockerignore_keeps_context_small() -> None:
 
 @pytest.fixture
 def fetch() -> ModuleType:
-    path = K8S / "base" / "config" / "fetch_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("fetch_checkpoint", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return fetch_script()
 
 
 def test_fetch_skips_a_complete_checkpoint(fetch: ModuleType, tmp_path: Path,
@@ -164,3 +159,102 @@ def test_fetch_downloads_then_marks(fetch: ModuleType, tmp_path: Path,
     # What the gateway and the towers read: configs, tokenizer, weights.
     assert {"*.json", "*.model", "*.safetensors"} <= set(call["allow_patterns"])
     assert fetch.main([]) == 0 and len(calls) == 1  # second run: marker, no download
+
+
+# --- several checkpoints (SIGLIP_MODEL with NAME=DIRECTORY entries) -----------------------
+
+
+def test_fetch_plan_one_model_format(fetch: ModuleType) -> None:
+    (item,) = fetch.plan({"SIGLIP_MODEL": "/checkpoint/siglip-base-patch16-256",
+                          "SIGLIP_HF_REPO": "google/siglip-base-patch16-256",
+                          "SIGLIP_HF_REVISION": "abc123"})
+    assert (item.name, item.dest, item.repo, item.revision) == (
+        "siglip-base-patch16-256", Path("/checkpoint/siglip-base-patch16-256"),
+        "google/siglip-base-patch16-256", "abc123")
+    # A named model with an unnamed repo is still the one-model format; revision: main.
+    (item,) = fetch.plan({"SIGLIP_MODEL": "base=/c/base", "SIGLIP_HF_REPO": "org/x"})
+    assert (item.name, item.dest, item.repo, item.revision) == (
+        "base", Path("/c/base"), "org/x", "main")
+
+
+def test_fetch_plan_several_models(fetch: ModuleType) -> None:
+    env = {"SIGLIP_MODEL": "base=/c/base, so400m=/c/so400m",
+           "SIGLIP_HF_REPO": "base=google/siglip-base-patch16-256,"
+                             "so400m=google/siglip-so400m-patch14-384",
+           "SIGLIP_HF_REVISION": "r1"}
+    got = [(f.name, f.dest, f.repo, f.revision) for f in fetch.plan(env)]
+    assert got == [("base", Path("/c/base"), "google/siglip-base-patch16-256", "r1"),
+                   ("so400m", Path("/c/so400m"), "google/siglip-so400m-patch14-384", "r1")]
+    # Revisions per name; a name left out gets main.
+    env["SIGLIP_HF_REVISION"] = "so400m=deadbeef"
+    assert [f.revision for f in fetch.plan(env)] == ["main", "deadbeef"]
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SIGLIP_MODEL": ""}, "SIGLIP_MODEL is empty"),
+    ({"SIGLIP_MODEL": "a=/c/a,b=/c/b", "SIGLIP_HF_REPO": "org/x"}, "no NAME="),
+    ({"SIGLIP_MODEL": "a=/c/a,b=/c/b", "SIGLIP_HF_REPO": "a=org/x"},
+     "give a repo for each model"),
+    ({"SIGLIP_MODEL": "a=/c/a,b=/c/b", "SIGLIP_HF_REPO": "b=org/y,a=org/x"},
+     "in the same order"),
+    ({"SIGLIP_MODEL": "a=/c/a", "SIGLIP_HF_REPO": "a=org/x,a=org/y"}, "given twice"),
+    ({"SIGLIP_MODEL": "a=/c/a,b=/c/b", "SIGLIP_HF_REPO": "a=org/x,b=org/y",
+      "SIGLIP_HF_REVISION": "c=r1"}, "SIGLIP_HF_REVISION names ['c']"),
+    ({"SIGLIP_MODEL": "/c/a", "SIGLIP_HF_REPO": "org/x", "SIGLIP_HF_REVISION": "a=r1"},
+     "SIGLIP_HF_REPO has none"),
+    ({"SIGLIP_MODEL": "Base=/c/a", "SIGLIP_HF_REPO": "org/x"}, "SIGLIP_MODEL: model name"),
+])
+def test_fetch_plan_refuses(fetch: ModuleType, env: dict[str, str], message: str) -> None:
+    with pytest.raises(fetch.PlanError, match=re.escape(message)):
+        fetch.plan(env)
+
+
+def test_fetch_main_reports_a_bad_plan(fetch: ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SIGLIP_MODEL", "a=/c/a,b=/c/b")
+    monkeypatch.setenv("SIGLIP_HF_REPO", "a=org/x")
+    assert fetch.main([]) == 2
+    assert "SIGLIP_HF_REPO names ['a']" in capsys.readouterr().err
+
+
+def test_fetch_downloads_each_missing_checkpoint(fetch: ModuleType, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+
+    class FakeHub(ModuleType):
+        @staticmethod
+        def snapshot_download(**kw: Any) -> str:
+            calls.append(kw)
+            return str(kw["local_dir"])
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", FakeHub("huggingface_hub"))
+    done = tmp_path / "base"
+    done.mkdir()
+    (done / fetch.MARKER).write_text("org/base@r0\n")  # e.g. a restart after the first one
+    monkeypatch.setenv("SIGLIP_MODEL", f"base={done},so400m={tmp_path / 'so400m'}")
+    monkeypatch.setenv("SIGLIP_HF_REPO", "base=org/base,so400m=org/so400m")
+    monkeypatch.setenv("SIGLIP_HF_REVISION", "so400m=r1")
+    assert fetch.main([]) == 0
+    assert [(c["repo_id"], c["revision"], c["local_dir"]) for c in calls] == [
+        ("org/so400m", "r1", tmp_path / "so400m")]
+    assert (tmp_path / "so400m" / fetch.MARKER).read_text() == "org/so400m@r1\n"
+    assert (done / fetch.MARKER).read_text() == "org/base@r0\n"
+    assert fetch.main([]) == 0 and len(calls) == 1
+
+
+def test_fetch_waits_for_every_checkpoint(fetch: ModuleType, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (a / fetch.MARKER).write_text("x\n")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # waiting never downloads
+    monkeypatch.setenv("SIGLIP_MODEL", f"a={a},b={b}")
+    monkeypatch.setenv("SIGLIP_HF_REPO", "a=org/a,b=org/b")
+    monkeypatch.setenv("SIGLIP_CHECKPOINT_WAIT_S", "0")
+    assert fetch.main(["--wait"]) == 1
+    err = capsys.readouterr().err
+    assert str(b) in err and str(a) not in err
+    b.mkdir()
+    (b / fetch.MARKER).write_text("x\n")
+    assert fetch.main(["--wait"]) == 0

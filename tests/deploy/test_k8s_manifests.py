@@ -32,11 +32,14 @@ from tests.support.k8s_render import (
     get,
     init_steps,
     of_kind,
+    option_values,
     pod_labels,
     pod_spec,
     prestop_seconds,
     render,
+    repository_step,
     selects,
+    served_models,
     triton_arg,
     triton_container,
     triton_port_names,
@@ -137,7 +140,11 @@ def test_triton_server_flags(docs: list[Obj]) -> None:
     triton = triton_workload(docs)
     args = triton_container(triton)["args"]
     assert args[0] == "tritonserver"
-    assert triton_arg(triton, "--model-repository") == "/models"
+    # The image's repository (one model, plain names), or the one an init container generates
+    # for several models (test_k8s_models.py).
+    step = repository_step(triton)
+    expected = "/models" if step is None else option_values(step["args"], "--out")[0]
+    assert triton_arg(triton, "--model-repository") == expected
     assert triton_arg(triton, "--strict-readiness") == "true"
     assert triton_arg(triton, "--exit-on-error") == "true"
     ports = triton_port_names(triton_container(triton))
@@ -294,7 +301,9 @@ def test_gateway_reaches_triton_through_headless_dns(docs: list[Obj]) -> None:
 
 def test_checkpoint_named_once_and_mounted(docs: list[Obj]) -> None:
     model_cm = configmap(docs, "siglip-model")
-    model_dir = model_cm["data"]["SIGLIP_MODEL"]
+    model_list = model_cm["data"]["SIGLIP_MODEL"]
+    # One directory, or NAME=DIRECTORY entries (several models): each read where it is fetched.
+    model_dirs = [m.checkpoint for m in served_models(docs)]
     gateway, triton = get(docs, "Deployment", GATEWAY), triton_workload(docs)
     for dep, c in ((gateway, container(gateway, "gateway")), (triton, triton_container(triton))):
         refs = [s["configMapRef"]["name"] for s in c["envFrom"]]
@@ -302,11 +311,13 @@ def test_checkpoint_named_once_and_mounted(docs: list[Obj]) -> None:
         assert "SIGLIP_MODEL" not in {e["name"] for e in c.get("env", [])}
         others = [get(docs, "ConfigMap", r) for r in refs if r != model_cm["metadata"]["name"]]
         assert all("SIGLIP_MODEL" not in o.get("data", {}) for o in others)
-        (mount,) = [m for m in c["volumeMounts"] if model_dir.startswith(m["mountPath"] + "/")]
-        assert mount["readOnly"] is True
-        (init,) = init_steps(dep)
-        assert any(m["name"] == mount["name"] for m in init["volumeMounts"])
-        assert env_of(docs, init)["SIGLIP_MODEL"] == model_dir
+        (init,) = [s for s in init_steps(dep) if s["name"] == "checkpoint"]
+        assert env_of(docs, init)["SIGLIP_MODEL"] == model_list
+        for model_dir in model_dirs:
+            (mount,) = [m for m in c["volumeMounts"]
+                        if model_dir.startswith(m["mountPath"] + "/")]
+            assert mount["readOnly"] is True
+            assert any(m["name"] == mount["name"] for m in init["volumeMounts"])
 
 
 def test_pvc_component(overlay: str, docs: list[Obj]) -> None:
@@ -320,7 +331,7 @@ def test_pvc_component(overlay: str, docs: list[Obj]) -> None:
         (vol,) = [v for v in pod_spec(dep)["volumes"] if v["name"] == "checkpoint"]
         assert vol == {"name": "checkpoint", "persistentVolumeClaim": {
             "claimName": "siglip-checkpoint", "readOnly": True}}
-        (init,) = init_steps(dep)
+        (init,) = [s for s in init_steps(dep) if s["name"] == "checkpoint"]
         assert init["args"] == ["--wait"]
     job = get(docs, "Job", "siglip-checkpoint-fetch")
     (vol,) = [v for v in pod_spec(job)["volumes"] if v["name"] == "checkpoint"]

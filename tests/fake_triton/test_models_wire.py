@@ -18,12 +18,20 @@ import pytest_asyncio
 
 from gateway.cli import main
 from gateway.contract import TEXT_MODEL, VISION_MODEL, triton_names
-from tests.support.gateway_harness import running_gateway, small_rgb
+from tests.support.fake_triton import FakeTriton
+from tests.support.gateway_harness import embedding_dim, running_gateway, small_rgb
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
 
 BASE, LARGE = "base", "large"
 REQUESTS = "siglip_gateway_requests_total"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def fake(tiny_checkpoint):
+    """This module's fake Triton serves both models' suffixed towers."""
+    async with FakeTriton(embedding_dim(tiny_checkpoint), served=(BASE, LARGE)) as fake:
+        yield fake
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

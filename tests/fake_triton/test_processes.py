@@ -338,12 +338,14 @@ async def test_a_worker_that_cannot_start_fails_the_start_up(tiny_checkpoint, fa
 
 @pytest.mark.triton
 @pytest.mark.timeout(300)
-async def test_with_the_embedded_triton_one_triton_serves_every_worker(tiny_checkpoint,
-                                                                       tmp_path):
-    """The parent starts Triton once (no --triton-url), stops it after the workers drained,
-    and leaves nothing behind: workers, tritonserver, its model stubs."""
-    gw = GatewayProcess(tiny_checkpoint, "", tmp_path / "gateway.log", processes=PROCESSES,
-                        env={"SIGLIP_TRITON_STARTUP_TIMEOUT_S": "240"})
+async def test_with_the_embedded_triton_one_triton_serves_every_worker(
+        tiny_checkpoint, family_checkpoint, tmp_path):
+    """`serve` with two models and no --triton-url: the parent starts one Triton for both (a
+    generated repository), every worker serves both, and after SIGTERM nothing is left behind:
+    workers, tritonserver, its model stubs, the generated repository."""
+    p14 = family_checkpoint("siglip_p14")
+    gw = GatewayProcess(f"tiny={tiny_checkpoint},p14={p14}", "", tmp_path / "gateway.log",
+                        processes=PROCESSES, env={"SIGLIP_TRITON_STARTUP_TIMEOUT_S": "240"})
     gw.env.pop("USE_TORCH")  # the harness's shortcut for the gateway would reach Triton's models
     await gw.start(timeout_s=270)
     try:
@@ -351,13 +353,19 @@ async def test_with_the_embedded_triton_one_triton_serves_every_worker(tiny_chec
         tritons = [p for p in descendants if "tritonserver" in " ".join(_cmdline(p))]
         assert len(tritons) == 1
         assert len(gw.worker_pids()) == PROCESSES
-        request = pb.EmbedRequest(inputs=[pb.EmbedInput(text="a photo of a cat")])
-        async with _channels(gw.target) as channels:
-            responses = await asyncio.gather(*(pb_grpc.SiglipServiceStub(ch).Embed(
-                request, timeout=60) for ch in channels))
-            assert len(connection_owners(gw.port, gw.worker_pids())) == PROCESSES
-        first = responses[0].embeddings[0].values
-        assert len(first) > 0 and all(r.embeddings[0].values == first for r in responses)
+        firsts = {}
+        for model in ("tiny", "p14"):
+            request = pb.EmbedRequest(model=model,
+                                      inputs=[pb.EmbedInput(text="a photo of a cat")])
+            async with _channels(gw.target) as channels:
+                responses = await asyncio.gather(*(pb_grpc.SiglipServiceStub(ch).Embed(
+                    request, timeout=60) for ch in channels))
+                assert len(connection_owners(gw.port, gw.worker_pids())) == PROCESSES
+            firsts[model] = responses[0].embeddings[0].values
+            assert all(r.model == model for r in responses)
+            assert len(firsts[model]) > 0
+            assert all(r.embeddings[0].values == firsts[model] for r in responses)
+        assert firsts["tiny"] != firsts["p14"]  # each model answered with its own checkpoint
 
         gw.signal(signal.SIGTERM)
         assert await gw.wait(60) == 0
@@ -365,8 +373,12 @@ async def test_with_the_embedded_triton_one_triton_serves_every_worker(tiny_chec
     finally:
         gw.kill()
     log = gw.log()
+    assert f"model tiny={tiny_checkpoint} (default) (RANDOM WEIGHTS" in log
+    assert f"; model p14={p14} (RANDOM WEIGHTS" in log
     assert "(embedded), 2 processes" in log
     assert log.index("signal received: shutting down 2 workers") < log.index("stopping Triton")
+    repository = Path(re.search(r"started tritonserver pid \d+ \(.*models (\S+),", log)[1])
+    assert repository.name != "model_repository" and not await asyncio.to_thread(repository.exists)
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -19,6 +19,7 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from gateway.model_specs import default_name
 from gateway.observability.logs import JsonFormatter
 from siglip.v1 import siglip_pb2 as pb
 from siglip.v1 import siglip_pb2_grpc as pb_grpc
@@ -67,7 +68,8 @@ def request_lines(records: list[dict]) -> list[dict]:
     return [r for r in records if r["logger"] == "gateway.requests"]
 
 
-async def test_one_json_line_per_request_with_its_fields_and_no_content(stub, lines):
+async def test_one_json_line_per_request_with_its_fields_and_no_content(stub, lines,
+                                                                        tiny_checkpoint):
     image = small_raw_image(seed=3)
     request = pb.ClassifyRequest(images=[image, image], labels=[SECRET_LABEL, "b", "c"])
     call = stub.Classify(request, timeout=10)
@@ -77,6 +79,7 @@ async def test_one_json_line_per_request_with_its_fields_and_no_content(stub, li
     assert line["request_id"] == echoed and len(echoed) == 32
     assert line["protocol"] == "grpc" and line["method"] == "Classify"
     assert line["status"] == "OK" and line["level"] == "INFO"
+    assert line["model"] == default_name(str(tiny_checkpoint))  # the one model's name
     assert line["images"] == 2 and line["texts"] == 3
     assert line["input_bytes"] == request.ByteSize()
     assert 0 < line["duration_ms"] < 10_000

@@ -9,7 +9,6 @@ Embeddings are compared with each checkpoint's HF reference: `get_image_features
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +72,10 @@ def references(checkpoints: dict[str, Path]) -> dict[str, _Reference]:
 
 
 @pytest.fixture(scope="module")
-def two_model_triton(checkpoints: dict[str, Path]):
-    from gateway.embedded_triton.launcher import EmbeddedTriton
-
-    triton = EmbeddedTriton(served=[(n, str(checkpoints[n])) for n in NAMES], with_decoder=True,
-                            startup_timeout_s=270,
-                            logger=logging.getLogger("tests.two_model_triton"))
-    triton.start()
-    repository = triton.model_repository
-    try:
-        yield triton
-    finally:
-        triton.stop(grace_s=5)
-    assert not repository.exists(), "the generated repository outlived stop()"
+def two_model_triton(two_model_triton_factory: Any, checkpoints: dict[str, Path]):
+    """The session's Triton for these two models (tests/conftest.py), which
+    tests/real_triton/test_two_models_e2e.py shares: one start for both modules."""
+    return two_model_triton_factory({name: checkpoints[name] for name in NAMES})
 
 
 @pytest.fixture(scope="module")

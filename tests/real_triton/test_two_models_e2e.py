@@ -1,6 +1,7 @@
 """Two models at once, over the wire: one real embedded Triton serving two tiny random
 checkpoints of different shapes (base architecture at 16 px patches, and a patch-14 SigLIP at
-another image size), one gateway in front. Each model passes the family parity test (scores
+another image size; the Triton tests/real_triton/test_triton_two_models.py uses), one gateway
+in front. Each model passes the family parity test (scores
 within 1e-5 of its own HF reference with input_ids only, raw pixels resized with its own
 filter, its own shapes reported), and Triton's JPEG decoder path (SIGLIP_PREPROCESS_MODE=triton)
 serves each model with its own decoder."""
@@ -26,17 +27,17 @@ from tests.support.gateway_harness import gateway_settings
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session"),
               pytest.mark.timeout(600)]
 
-NAMES = ("base", "p14")
+NAMES = ("tiny", "p14")
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_checkpoint, family_checkpoint):
-    return {"base": tiny_checkpoint, "p14": family_checkpoint("siglip_p14")}
+    return {"tiny": tiny_checkpoint, "p14": family_checkpoint("siglip_p14")}
 
 
 @pytest.fixture(scope="module")
 def two_model_triton(two_model_triton_factory, checkpoints):
-    return two_model_triton_factory(checkpoints)
+    return two_model_triton_factory({name: checkpoints[name] for name in NAMES})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -99,7 +100,7 @@ async def test_each_model_matches_its_own_reference(stubs, checkpoints, name):
 async def test_the_two_models_really_differ(stubs, checkpoints):
     """Not one model answering for both: their image sizes differ, and so do their scores."""
     sizes = {name: load_model_meta(str(checkpoints[name])).image_size for name in NAMES}
-    assert sizes["base"] != sizes["p14"], sizes
+    assert sizes["tiny"] != sizes["p14"], sizes
     _, stub = stubs["exact"]
     request = dict(images=[pb.Image(data=_images()[0])], texts=families.TEXTS[:2])
     a, b = [await stub.Score(pb.ScoreRequest(model=name, **request), timeout=60)

@@ -7,16 +7,21 @@ one the tests skip with that reason.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from gateway.model_specs import ModelSpec, resolve_models
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -179,3 +184,59 @@ def batcher_delays_us() -> list[int]:
 
 def workloads(docs: list[Obj]) -> list[Obj]:
     return of_kind(docs, "Deployment") + of_kind(docs, "Job")
+
+
+# --- several models ------------------------------------------------------------------------
+
+GENERATOR = ["python", "-m", "gateway.embedded_triton.repository"]
+
+
+def served_models(docs: list[Obj]) -> list[ModelSpec]:
+    """The models the gateway serves, from its SIGLIP_MODEL as the gateway itself reads it."""
+    env = env_of(docs, container(get(docs, "Deployment", GATEWAY), "gateway"))
+    assert not env.get("SIGLIP_MODELS_FILE"), "a models file: extend this helper"
+    return resolve_models(env["SIGLIP_MODEL"], "")
+
+
+def repository_step(workload: Obj) -> Obj | None:
+    """The init container that generates Triton's model repository, if the pod has one."""
+    found = [c for c in init_steps(workload) if c.get("command") == GENERATOR]
+    assert len(found) <= 1, "two repository generators"
+    return found[0] if found else None
+
+
+def option_values(args: list[str], flag: str) -> list[str]:
+    """Every value of `flag` in an argument list, given as `flag VALUE` or `flag=VALUE`."""
+    values = []
+    for i, arg in enumerate(args):
+        if arg == flag:
+            assert i + 1 < len(args), f"{flag} without a value"
+            values.append(args[i + 1])
+        elif arg.startswith(flag + "="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def volume_at(workload: Obj, c: Obj, path: str) -> tuple[Obj, Obj]:
+    """(mount, volume) of the container's mount that holds `path`."""
+    mounts = [m for m in c.get("volumeMounts", [])
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{c['name']}: {len(mounts)} mounts hold {path}"
+    (vol,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == mounts[0]["name"]]
+    return mounts[0], vol
+
+
+def fetch_script() -> ModuleType:
+    """k8s/base/config/fetch_checkpoint.py, loaded as a module."""
+    path = K8S / "base" / "config" / "fetch_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("fetch_checkpoint", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as `python fetch_checkpoint.py` registers __main__: its
+    # dataclasses look their module up there.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module

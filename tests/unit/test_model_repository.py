@@ -45,8 +45,10 @@ def _checkpoint(path: Path) -> Path:
 
 
 def _files(directory: Path) -> dict[str, bytes]:
+    """The files under ``directory``, without the byte code Python leaves beside them."""
     return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
 
 
 def test_each_model_gets_its_own_names_checkpoint_and_ensemble(tmp_path: Path) -> None:
