@@ -157,9 +157,9 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
         info = await http.get("/v1/models/info")
         document = await http.get("/openapi.json")
     assert score.status_code == embed.status_code == info.status_code == 200
-    name = gateway.server.metrics.models[0]  # the one (default) model's name
-    assert score.json()["model"] == embed.json()["model"] == info.json()["name"] == name
-    assert [m["name"] for m in info.json()["models"]] == [name]
+    model = gateway.server.metrics.models[0]  # the one (default) model's name
+    assert score.json()["model"] == embed.json()["model"] == info.json()["name"] == model
+    assert [m["name"] for m in info.json()["models"]] == [model]
     expected_score = await grpc_client.score([jpeg], TEXTS[:2])
     assert score.json()["num_images"] == 1 and score.json()["num_texts"] == 2
     # JSON prints each float32 in its shortest form: read back, the very float32 gRPC sends.
@@ -194,9 +194,9 @@ async def test_json_routes_mirror_the_rpcs(gateway, grpc_client):
     # Counted with the gRPC calls' metric series, protocol http.
     registry = gateway.server.metrics.registry
     assert registry.get_sample_value("siglip_gateway_requests_total", {
-        "method": "Score", "code": "OK", "protocol": "http", "model": name}) >= 1
+        "method": "Score", "code": "OK", "protocol": "http", "model": model}) >= 1
     assert registry.get_sample_value("siglip_gateway_requests_total", {
-        "method": "Score", "code": "OK", "protocol": "grpc", "model": name}) >= 1
+        "method": "Score", "code": "OK", "protocol": "grpc", "model": model}) >= 1
 
 
 async def test_json_takes_the_zero_shot_options_as_grpc_does(gateway, grpc_client):
