@@ -28,6 +28,7 @@ from gateway.core.errors import InvalidInput
 from gateway.core.images import ImageLimits, preprocess_encoded
 from tests.support.photos import encode, photo_array, photo_jpeg
 from tests.support.python_backend import _InferenceRequest, _make_stub, _output, _request
+from tests.support.triton_calls import infer
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 DECODE_DIR = REPO / "siglip_image_decode"
@@ -351,25 +352,14 @@ def triton_client(embedded_triton):
         client.close()
 
 
-def _infer(client: Any, model: str, array: np.ndarray) -> np.ndarray:
-    import tritonclient.grpc as grpcclient
-
-    name, dtype = ("images", "BYTES") if array.dtype == np.object_ else ("pixels", "UINT8")
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(
-        "image_embeds")], client_timeout=120)
-    return result.as_numpy("image_embeds")
-
-
 @pytest.mark.triton
 def test_encoded_ensemble_matches_vision_on_exact_pixels(triton_client: Any) -> None:
     for model in ("siglip_image_decode", "siglip_vision_encoded"):
         assert triton_client.is_model_ready(model)
     jpegs = [photo_jpeg(640, 480, seed=50), photo_jpeg(1200, 900, seed=51, orientation=6),
              _jpeg(800, 600, 52, "L")]
-    got = _infer(triton_client, "siglip_vision_encoded", np.array([[j] for j in jpegs], object))
-    want = _infer(triton_client, "siglip_vision", np.stack([_exact(j) for j in jpegs]))
+    got = infer(triton_client, "siglip_vision_encoded", np.array([[j] for j in jpegs], object))
+    want = infer(triton_client, "siglip_vision", np.stack([_exact(j) for j in jpegs]))
     assert got.shape == want.shape and got.dtype == np.float32
     cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cosine.min() >= 0.999, f"cosine vs exact: {cosine.tolist()}"
@@ -381,6 +371,6 @@ def test_encoded_ensemble_bad_row_is_invalid_argument(triton_client: Any) -> Non
 
     rows = np.array([[photo_jpeg(320, 240, seed=53)], [b"not a jpeg"]], dtype=object)
     with pytest.raises(InferenceServerException) as info:
-        _infer(triton_client, "siglip_vision_encoded", rows)
+        infer(triton_client, "siglip_vision_encoded", rows)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "images[1]: not a JPEG" in info.value.message()

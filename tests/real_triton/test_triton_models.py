@@ -12,12 +12,12 @@ import asyncio
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from siglip_tools.checkpoint import shape_of
 from tests.support.hf_reference import features
+from tests.support.triton_calls import assert_close, infer_async
 
 pytestmark = [pytest.mark.triton, pytest.mark.asyncio(loop_scope="session")]
 
@@ -79,22 +79,6 @@ def _ids(rows: int, seed: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=(rows, TEXT_LENGTH), dtype=np.int64)
 
 
-async def _infer(client, model: str, array: np.ndarray) -> np.ndarray:
-    name, out, dtype = (("pixels", "image_embeds", "UINT8") if model == "siglip_vision"
-                        else ("input_ids", "text_embeds", "INT64"))
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    result = await client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(out)],
-                                client_timeout=60)
-    return result.as_numpy(out)
-
-
-def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.dtype == np.float32
-    assert got.shape == want.shape
-    assert float(np.max(np.abs(got - want))) <= TOLERANCE
-
-
 async def _stats(client, model: str) -> tuple[int, int, int]:
     """(requests succeeded, rows inferred, model executions) so far."""
     stats = (await client.get_inference_statistics(model, as_json=True))["model_stats"][0]
@@ -111,14 +95,15 @@ async def test_both_models_ready(client, embedded_triton):
 async def test_vision_batch_1_matches_reference(client, reference):
     image_features, _, _ = reference
     pixels = _pixels(1, seed=0)
-    _assert_close(await _infer(client, "siglip_vision", pixels), image_features(pixels))
+    assert_close(await infer_async(client, "siglip_vision", pixels), image_features(pixels),
+                 TOLERANCE)
 
 
 async def test_text_batch_1_matches_reference(client, reference, tokens):
     _, text_features, _ = reference
     ids = tokens(["a photo of a cat"])
     assert ids.shape == (1, TEXT_LENGTH)
-    _assert_close(await _infer(client, "siglip_text", ids), text_features(ids))
+    assert_close(await infer_async(client, "siglip_text", ids), text_features(ids), TOLERANCE)
 
 
 async def test_concurrent_requests_match_reference(client, reference):
@@ -126,12 +111,12 @@ async def test_concurrent_requests_match_reference(client, reference):
     rows = [1 + i % 3 for i in range(16)]
     pixels = [_pixels(n, seed=100 + i) for i, n in enumerate(rows)]
     ids = [_ids(n, seed=200 + i, vocab=vocab) for i, n in enumerate(rows)]
-    got = await asyncio.gather(*(_infer(client, "siglip_vision", p) for p in pixels),
-                               *(_infer(client, "siglip_text", t) for t in ids))
+    got = await asyncio.gather(*(infer_async(client, "siglip_vision", p) for p in pixels),
+                               *(infer_async(client, "siglip_text", t) for t in ids))
     want_images = np.split(image_features(np.concatenate(pixels)), np.cumsum(rows)[:-1])
     want_texts = np.split(text_features(np.concatenate(ids)), np.cumsum(rows)[:-1])
     for g, w in zip(got, [*want_images, *want_texts], strict=True):
-        _assert_close(g, w)
+        assert_close(g, w, TOLERANCE)
 
 
 @pytest.mark.parametrize("model", ["siglip_vision", "siglip_text"])
@@ -142,7 +127,7 @@ async def test_dynamic_batching_batches_concurrent_requests(client, reference, m
         (lambda i: _ids(1, seed=i, vocab=vocab))
     arrays = [make(i) for i in range(requests)]
     before = await _stats(client, model)
-    await asyncio.gather(*(_infer(client, model, a) for a in arrays))
+    await asyncio.gather(*(infer_async(client, model, a) for a in arrays))
     # Triton counts a batch after its responses are sent: wait until ours are all counted.
     deadline = asyncio.get_running_loop().time() + 10
     while True:
@@ -162,21 +147,22 @@ async def test_malformed_request_fails_alone(client, reference):
     good_pixels = _pixels(1, seed=400)
     bad_pixels = np.zeros((1, 128, 128, 3), dtype=np.uint8)  # wrong shape
     results = await asyncio.gather(
-        *(_infer(client, "siglip_text", ids) for ids in good_ids[:3]),
-        _infer(client, "siglip_text", bad_ids),
-        *(_infer(client, "siglip_text", ids) for ids in good_ids[3:]),
-        _infer(client, "siglip_vision", bad_pixels),
-        _infer(client, "siglip_vision", good_pixels),
+        *(infer_async(client, "siglip_text", ids) for ids in good_ids[:3]),
+        infer_async(client, "siglip_text", bad_ids),
+        *(infer_async(client, "siglip_text", ids) for ids in good_ids[3:]),
+        infer_async(client, "siglip_vision", bad_pixels),
+        infer_async(client, "siglip_vision", good_pixels),
         return_exceptions=True)
     texts = results[:3] + results[4:7]
     for got, ids in zip(texts, good_ids, strict=True):
         assert not isinstance(got, BaseException), got
-        _assert_close(got, text_features(ids))
+        assert_close(got, text_features(ids), TOLERANCE)
     for error in (results[3], results[7]):
         assert isinstance(error, InferenceServerException), error
         assert error.status() == "StatusCode.INVALID_ARGUMENT", error
     assert "input_ids" in results[3].message()
     assert not isinstance(results[8], BaseException), results[8]
-    _assert_close(results[8], image_features(good_pixels))
+    assert_close(results[8], image_features(good_pixels), TOLERANCE)
     # Still serving afterwards.
-    _assert_close(await _infer(client, "siglip_text", good_ids[0]), text_features(good_ids[0]))
+    assert_close(await infer_async(client, "siglip_text", good_ids[0]),
+                 text_features(good_ids[0]), TOLERANCE)

@@ -22,6 +22,7 @@ from gateway.core.images import ImageLimits, preprocess_encoded
 from gateway.embedded_triton.repository import default_model_repository
 from tests.support.hf_reference import features
 from tests.support.photos import photo_jpeg
+from tests.support.triton_calls import assert_close, infer
 
 pytestmark = pytest.mark.triton
 
@@ -87,22 +88,6 @@ def client(two_model_triton):
         c.close()
 
 
-def _infer(client: Any, model: str, array: np.ndarray) -> np.ndarray:
-    name, dtype, out = {np.dtype(np.uint8): ("pixels", "UINT8", "image_embeds"),
-                        np.dtype(np.int64): ("input_ids", "INT64", "text_embeds"),
-                        np.dtype(object): ("images", "BYTES", "image_embeds")}[array.dtype]
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(out)],
-                          client_timeout=120)
-    return result.as_numpy(out)
-
-
-def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.dtype == np.float32 and got.shape == want.shape
-    assert float(np.max(np.abs(got - want))) <= TOLERANCE
-
-
 def test_every_models_triton_models_and_nothing_else_are_loaded(two_model_triton, client):
     names = [TritonNames.suffixed(n) for n in NAMES]
     expected = {m for t in names for m in (t.vision, t.text, t.decode, t.encoded)}
@@ -118,10 +103,10 @@ def test_every_models_triton_models_and_nothing_else_are_loaded(two_model_triton
 def test_towers_answer_with_their_own_checkpoint(client, references, name):
     ref, triton = references[name], TritonNames.suffixed(name)
     pixels = np.random.default_rng(1).integers(0, 256, (3, ref.size, ref.size, 3), np.uint8)
-    _assert_close(_infer(client, triton.vision, pixels), ref.image_features(pixels))
+    assert_close(infer(client, triton.vision, pixels), ref.image_features(pixels), TOLERANCE)
     ids = ref.ids(["a photo of a cat", "", "mountain " * 40])
     assert ids.shape == (3, ref.length)
-    _assert_close(_infer(client, triton.text, ids), ref.text_features(ids))
+    assert_close(infer(client, triton.text, ids), ref.text_features(ids), TOLERANCE)
 
 
 def test_the_other_models_shapes_are_refused(client, references):
@@ -132,7 +117,7 @@ def test_the_other_models_shapes_are_refused(client, references):
         ids = np.zeros((1, shape.length), np.int64)
         for model, array in ((triton.vision, pixels), (triton.text, ids)):
             with pytest.raises(InferenceServerException) as info:
-                _infer(client, model, array)
+                infer(client, model, array)
             assert info.value.status() == "StatusCode.INVALID_ARGUMENT", (model, info.value)
 
 
@@ -143,7 +128,7 @@ def test_ensembles_decode_to_their_own_checkpoints_size(client, references, chec
     ref, triton = references[name], TritonNames.suffixed(name)
     image = load_model_meta(str(checkpoints[name])).image
     jpegs = [photo_jpeg(640, 480, seed=60), photo_jpeg(300, 500, seed=61, orientation=6)]
-    got = _infer(client, triton.encoded, np.array([[j] for j in jpegs], dtype=object))
+    got = infer(client, triton.encoded, np.array([[j] for j in jpegs], dtype=object))
     exact = np.stack([preprocess_encoded(j, field="image", limits=ImageLimits(
         size=image.size, resample=image.resample)) for j in jpegs])
     assert exact.shape[1] == ref.size
