@@ -1,4 +1,4 @@
-"""The gateway's gRPC server (and its HTTP/JSON port on the same engine): wiring, health,
+"""The gateway's gRPC server (and its HTTP/JSON port on the same engines): wiring, health,
 readiness monitoring and graceful shutdown.
 
 Start-up order: each served model's checkpoint metadata and tokenizer (no weights, no torch) →
