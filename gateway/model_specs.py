@@ -62,6 +62,8 @@ def parse_model_list(text: str) -> list[ModelSpec]:
     specs = []
     for entry in entries:
         name, sep, rest = entry.partition("=")
+        if sep and not rest.strip():
+            raise ModelSpecError(f"model entry {entry!r} names no checkpoint after '='")
         if sep and rest and NAME_PATTERN.fullmatch(name.strip()):
             specs.append(ModelSpec(name.strip(), rest.strip()))
         elif sep and rest and "/" not in name and "\\" not in name:

@@ -42,6 +42,8 @@ def test_model_list_entries_are_optionally_named():
     assert parse_model_list("/data/run=3/ckpt") == [ModelSpec("ckpt", "/data/run=3/ckpt")]
     with pytest.raises(ModelSpecError, match="model name 'Base'"):
         parse_model_list("Base=google/siglip-base-patch16-256")
+    with pytest.raises(ModelSpecError, match="'base=' names no checkpoint"):
+        parse_model_list("base=,other=/c")
 
 
 def test_no_model_given_serves_the_default_checkpoint():
