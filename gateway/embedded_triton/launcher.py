@@ -283,6 +283,24 @@ class EmbeddedTriton:
         if problem:
             raise TritonStartupError("checkpoint", problem)
 
+    def _ensure_generated(self) -> None:
+        """Each (re)start finds the generated repository whole: if something removed it since
+        the first start (a /tmp cleaner, while the server ran for days), it is built again,
+        rather than every automatic restart failing on a missing repository."""
+        generated = self._generated
+        if generated is None or all((generated / m / "config.pbtxt").is_file()
+                                    for m in self.models):
+            return
+        self.log.warning("the generated model repository %s is gone or incomplete: building "
+                         "it again", generated)
+        shutil.rmtree(generated, ignore_errors=True)
+        try:
+            generated.mkdir(parents=True)
+            build_repository(self.served, generated, source=self._template,
+                             with_decoder=self.with_decoder)
+        except (RepositoryError, OSError) as exc:
+            raise OSError(f"cannot rebuild the model repository {generated}: {exc}") from exc
+
     def _remove_generated(self) -> None:
         generated, self._generated = self._generated, None
         if generated is not None:
@@ -372,6 +390,7 @@ class EmbeddedTriton:
             self._set_state(TritonState.STARTING, f"restart #{self.restarts}")
 
     def _spawn(self, dist: distribution.TritonDistribution) -> _Run:
+        self._ensure_generated()
         ports, bind = self.ports, self.bind_address
         argv = [
             str(dist.server), f"--model-repository={self.model_repository}",

@@ -308,6 +308,33 @@ def test_launcher_reports_a_repository_it_cannot_build(tmp_path: Path,
     assert triton.model_repository == tmp_path.resolve()
 
 
+def test_a_restart_rebuilds_a_generated_repository_that_was_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /tmp cleaner may remove the repository while Triton runs for days: the next automatic
+    restart builds it again (_spawn runs this before every start) instead of failing."""
+    import shutil
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    good = str(_checkpoint(tmp_path / "good"))
+    triton = EmbeddedTriton(served=[("a", good), ("b", good)])
+    triton._check_inputs()  # what start() does before Triton is spawned: builds it
+    generated = triton.model_repository
+    first = {p.name: (p / "config.pbtxt").read_text() for p in generated.iterdir()}
+    try:
+        triton._ensure_generated()  # whole: left as it is
+        assert {p.name for p in generated.iterdir()} == set(first)
+        shutil.rmtree(generated / "siglip_text__b")
+        triton._ensure_generated()
+        assert {p.name: (p / "config.pbtxt").read_text() for p in generated.iterdir()} == first
+        shutil.rmtree(generated)
+        triton._ensure_generated()
+        assert {p.name: (p / "config.pbtxt").read_text() for p in generated.iterdir()} == first
+    finally:
+        triton._remove_generated()
+    assert not generated.exists()
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     ([], "give --model or --models-file"),
     (["--model", "Bad_Name=x"], "model name 'Bad_Name'"),
