@@ -111,6 +111,24 @@ def test_bad_setting_is_one_line(capsys, monkeypatch):
     assert lines == ["siglip-gateway serve: SIGLIP_PORT='fifty' is not a whole number"]
 
 
+def test_model_lists_that_cannot_be_served_are_one_line(capsys, monkeypatch, tmp_path):
+    """--model repeated joins into SIGLIP_MODEL's list; its mistakes and the models file's end
+    the start in one line naming the entry, before anything is loaded."""
+    monkeypatch.delenv("SIGLIP_MODEL", raising=False)
+    code, lines = _run(capsys, ["serve", "--model", "a=/x", "--model", "a=/y"])
+    assert code == EXIT_USAGE
+    assert lines == ["siglip-gateway serve: two models are named 'a' (/x and /y): name them, "
+                     "e.g. --model base=CHECKPOINT"]
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\ncheckpoint = "/x"\nmax_image = 4\n')
+    code, lines = _run(capsys, ["serve", "--models-file", str(models)])
+    assert code == EXIT_USAGE and len(lines) == 1
+    assert lines[0].startswith(f"siglip-gateway serve: {models}: models[0]: unknown key "
+                               "'max_image'")
+    code, lines = _run(capsys, ["serve", "--model", "/x", "--models-file", str(models)])
+    assert code == EXIT_USAGE and "not both" in lines[0]
+
+
 def test_the_service_cli_works_without_the_tools(monkeypatch, capsys):
     """The gateway image ships gateway/ without siglip_tools/: its CLI still serves."""
     import sys as _sys
