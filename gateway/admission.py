@@ -1,4 +1,5 @@
-"""Admission control: a hard bound on calls in flight.
+"""Admission control: a hard bound on calls in flight (per process, and per model where a
+models file gives one).
 
 Beyond the bound a call is rejected at once with RESOURCE_EXHAUSTED instead of
 queueing without limit; the caller (or its load balancer) retries elsewhere. The
@@ -17,10 +18,13 @@ from gateway.core.errors import Overloaded, ShuttingDown
 
 
 class Admission:
-    def __init__(self, max_in_flight: int, gauge: Gauge) -> None:
+    def __init__(self, max_in_flight: int, gauge: Gauge | None = None,
+                 holder: str = "server") -> None:
+        """``holder``: who is at its limit, in the error (the server, or one model)."""
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._gauge = gauge
+        self._holder = holder
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -34,16 +38,18 @@ class Admission:
         if self._closed:
             raise ShuttingDown("server is shutting down")
         if self.in_flight >= self.max_in_flight:
-            raise Overloaded(
-                f"server is at its limit of {self.max_in_flight} calls in flight; retry later")
+            raise Overloaded(f"{self._holder} is at its limit of {self.max_in_flight} calls in "
+                             "flight; retry later")
         self.in_flight += 1
         self._idle.clear()
-        self._gauge.set(self.in_flight)
+        if self._gauge is not None:
+            self._gauge.set(self.in_flight)
         try:
             yield
         finally:
             self.in_flight -= 1
-            self._gauge.set(self.in_flight)
+            if self._gauge is not None:
+                self._gauge.set(self.in_flight)
             if self.in_flight == 0:
                 self._idle.set()
 

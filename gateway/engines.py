@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from gateway.admission import Admission
 from gateway.core.errors import InvalidInput
 from gateway.engine import Engine
 from gateway.model_specs import ModelSpec, find_models
@@ -15,10 +17,17 @@ from gateway.model_specs import ModelSpec, find_models
 class Served:
     spec: ModelSpec
     engine: Engine
+    # The model's own bound on calls in flight (ModelSpec.max_in_flight); None: none.
+    admission: Admission | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def slot(self) -> contextlib.AbstractContextManager[None]:
+        """A call's slot of this model, taken inside the process's own (RESOURCE_EXHAUSTED
+        naming the model when it is at its limit)."""
+        return self.admission.slot() if self.admission else contextlib.nullcontext()
 
 
 class Engines:

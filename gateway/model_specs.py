@@ -25,7 +25,7 @@ DEFAULT_CHECKPOINT = "google/siglip-base-patch16-256"
 NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 # Per-model settings a models file may give; unset ones take the deployment's (Settings).
 PER_MODEL_KEYS = ("text_cache_size", "max_images", "max_texts", "max_text_chars",
-                  "max_image_pixels")
+                  "max_image_pixels", "max_in_flight")
 
 
 class ModelSpecError(ValueError):
@@ -42,6 +42,9 @@ class ModelSpec:
     max_texts: int | None = None
     max_text_chars: int | None = None
     max_image_pixels: int | None = None
+    # Calls in flight for this model per process, within the process's SIGLIP_MAX_IN_FLIGHT:
+    # a slow model's flood then cannot take every slot from the others. None: no own bound.
+    max_in_flight: int | None = None
 
     def setting(self, key: str, default: int) -> int:
         """This model's value of a PER_MODEL_KEYS setting, else the deployment's ``default``."""

@@ -128,7 +128,9 @@ class GatewayServer:
         served = []
         for spec, meta in zip(self.specs, metas, strict=True):
             engine = await self._engine(spec, meta, names[spec.name], mode)
-            served.append(Served(spec, engine))
+            own = (Admission(spec.max_in_flight, holder=f"model {spec.name}")
+                   if spec.max_in_flight else None)
+            served.append(Served(spec, engine, own))
         self.engines = Engines(served)
         engines = self.engines
         interceptors = [BearerTokenInterceptor(s.auth_token)] if s.auth_token else []

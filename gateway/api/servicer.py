@@ -139,9 +139,10 @@ class SiglipServicer:
                              ) -> tuple[Embedded, int, str]:
         """One stream message: its embeddings, the dtype they leave in, the model's name."""
         dtype = convert.embed_dtype(request)
-        result = await served.engine.embed_detailed(
-            items, deadline, normalize=convert.flag(request, "normalize"),
-            truncate=convert.flag(request, "truncate"))
+        with served.slot():  # the stream holds the process's slot; each message its model's
+            result = await served.engine.embed_detailed(
+                items, deadline, normalize=convert.flag(request, "normalize"),
+                truncate=convert.flag(request, "truncate"))
         return result, dtype, served.name
 
     async def _call(self, method: str, request: Any, context: grpc.aio.ServicerContext,
@@ -151,7 +152,7 @@ class SiglipServicer:
             raise_if_undecodable(request, "request")
             served = self._engines.get(request.model)
             scope.model = served.name
-            with self._admission.slot():
+            with self._admission.slot(), served.slot():
                 return await run(served)
 
     @contextlib.asynccontextmanager

@@ -187,7 +187,7 @@ class HttpApi:
                     args = (await asyncio.to_thread(parser, payload, served) if offload
                             else parser(payload, served))
                 deadline = _deadline(request)
-                with self._admission.slot():
+                with self._admission.slot(), served.slot():
                     result = await handler(served, args, deadline)
                 scope.set_status("200")
                 return Response(dumps(result), headers=echo, media_type=JSON_TYPE)

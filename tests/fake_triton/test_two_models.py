@@ -5,6 +5,7 @@ needs every model; the `model` metric label takes only the configured names."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -170,3 +171,40 @@ def test_model_lists_that_cannot_be_served_fail_the_start_naming_the_entry(tiny_
         Settings.from_env({"SIGLIP_MODEL": "Big_One=google/siglip-base-patch16-256"})
     with pytest.raises(ValueError, match="not both"):
         Settings.from_env({"SIGLIP_MODEL": "x", "SIGLIP_MODELS_FILE": "/m.toml"})
+
+
+async def test_a_models_own_in_flight_bound_leaves_the_others_slots(tiny_checkpoint, two,
+                                                                    tmp_path):
+    """b allows one call in flight: a second is RESOURCE_EXHAUSTED naming b (429 over HTTP),
+    while a, within the same process bound, still answers."""
+    import httpx
+
+    models_file = tmp_path / "models.json"
+    models_file.write_text(json.dumps({"models": [
+        {"name": "a", "checkpoint": str(tiny_checkpoint)},
+        {"name": "b", "checkpoint": str(tiny_checkpoint), "max_in_flight": 1}]}))
+    async with running_gateway("", two.url, models_file=str(models_file), max_in_flight=8,
+                               text_cache_size=0, http_port=0) as gw, \
+            grpc.aio.insecure_channel(gw.target) as channel:
+        stub = pb_grpc.SiglipServiceStub(channel)
+
+        def embed(model: str, text: str):
+            return stub.Embed(pb.EmbedRequest(model=model, inputs=[pb.EmbedInput(text=text)]),
+                              timeout=10)
+
+        two.delay_s = 0.5
+        held = asyncio.ensure_future(embed("b", "first"))
+        await wait_until(lambda: gw.server.engines.get("b").admission.in_flight == 1, 5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await embed("b", "second")
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == ("model b is at its limit of 1 calls in flight; "
+                                          "retry later")
+        async with httpx.AsyncClient(base_url=gw.http_url, timeout=10) as http:
+            refused = await http.post("/v1/embed", json={"model": "b",
+                                                          "inputs": [{"text": "third"}]})
+        assert refused.status_code == 429
+        assert (await embed("a", "other model")).model == "a"
+        assert (await held).model == "b"
+        two.delay_s = 0.0
+        assert (await embed("b", "after")).model == "b"

@@ -54,14 +54,15 @@ def test_models_files_in_toml_and_json_give_per_model_limits(tmp_path):
     toml = tmp_path / "models.toml"
     toml.write_text('[[models]]\nname = "base"\ncheckpoint = "google/siglip-base-patch16-256"\n'
                     '\n[[models]]\ncheckpoint = "/c/so400m"\nmax_images = 8\n'
-                    'text_cache_size = 0\n')
+                    'text_cache_size = 0\nmax_in_flight = 4\n')
     specs = load_models_file(toml)
     assert specs == [ModelSpec("base", "google/siglip-base-patch16-256"),
-                     ModelSpec("so400m", "/c/so400m", text_cache_size=0, max_images=8)]
+                     ModelSpec("so400m", "/c/so400m", text_cache_size=0, max_images=8,
+                               max_in_flight=4)]
     assert specs[1].setting("max_images", 64) == 8 and specs[0].setting("max_images", 64) == 64
     as_json = tmp_path / "models.json"
     as_json.write_text(json.dumps({"models": [{"checkpoint": "/c/so400m", "max_images": 8,
-                                               "text_cache_size": 0}]}))
+                                               "text_cache_size": 0, "max_in_flight": 4}]}))
     assert load_models_file(as_json) == specs[1:]
 
 
