@@ -54,11 +54,10 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
 
         threading = CpuThreading(threads=settings.triton_cpu_threads,
                                  interop_threads=settings.triton_cpu_interop_threads)
-        first = str(checkpoints[specs[0].name])
-        # Several models: a repository generated for them (gateway/embedded_triton/repository.py).
-        served = ([(spec.name, str(checkpoints[spec.name])) for spec in specs]
-                  if len(specs) > 1 else None)
-        triton = EmbeddedTriton(model=first, served=served,
+        # One model: the shipped repository; several: one generated for them
+        # (gateway/embedded_triton/repository.py).
+        triton = EmbeddedTriton(served=[(spec.name, str(checkpoints[spec.name]))
+                                        for spec in specs],
                                 with_decoder=settings.preprocess_mode == "triton",
                                 restart_on_exit=True,
                                 startup_timeout_s=settings.triton_startup_timeout_s,
@@ -76,11 +75,12 @@ async def _serve(settings: Settings, tracing: Tracing) -> int:
         if settings.processes > 1:
             from gateway.processes.supervisor import Supervisor
 
-            supervisor = Supervisor(settings, checkpoints, triton_url, metas,
+            supervisor = Supervisor(settings, specs, checkpoints, triton_url, metas,
                                     embedded=triton is not None)
             return await supervisor.run(stop)
         # One process: this one serves (as before --processes existed).
-        server = GatewayServer(settings, triton_url, checkpoints=checkpoints, tracing=tracing)
+        server = GatewayServer(settings, triton_url, checkpoints=checkpoints, tracing=tracing,
+                               specs=specs)
         bound = await server.start()
         ready = asyncio.create_task(server.ready.wait())
         stopping = asyncio.create_task(stop.wait())

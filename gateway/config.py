@@ -108,7 +108,9 @@ class Settings:
         settings.validate()
         return settings
 
-    def validate(self) -> None:
+    def validate(self, *, models: bool = True) -> None:
+        """``models``: also read the model list (and models file); a worker process, handed
+        the parent's models as read at start-up, checks the rest only."""
         if self.preprocess_mode not in ("exact", "fast", "triton"):
             raise ValueError(
                 f"SIGLIP_PREPROCESS_MODE must be exact, fast or triton, not "
@@ -130,7 +132,8 @@ class Settings:
             raise ValueError("SIGLIP_TRITON_CPU_THREADS must be 0 (auto) or more")
         if self.triton_cpu_interop_threads < 1:
             raise ValueError("SIGLIP_TRITON_CPU_INTEROP_THREADS must be at least 1")
-        self.model_specs()  # a bad model list or models file fails the start, naming the entry
+        if models:  # a bad model list or models file fails the start, naming the entry
+            self.model_specs()
         AllowList.parse(self.image_url_allow)  # a bad entry fails the start, naming it
         if self.image_url_max_bytes < 0 or self.image_url_max_redirects < 0:
             raise ValueError("SIGLIP_IMAGE_URL_MAX_BYTES and SIGLIP_IMAGE_URL_MAX_REDIRECTS "
@@ -144,7 +147,8 @@ class Settings:
                 "SIGLIP_TLS_CLIENT_CA (mutual TLS) needs SIGLIP_TLS_CERT and SIGLIP_TLS_KEY")
 
     def model_specs(self) -> list[ModelSpec]:
-        """The served models, the default first (reads the models file, if one is given)."""
+        """The served models, the default first (reads the models file, if one is given):
+        read once at start-up, then passed down."""
         return resolve_models(self.model, self.models_file)
 
     def shm_enabled(self) -> bool:

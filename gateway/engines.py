@@ -35,15 +35,8 @@ class Engines:
         if not served:
             raise ValueError("no model to serve")
         self._served = list(served)
+        self._specs = [s.spec for s in self._served]
         self._by_name = {s.name: s for s in self._served}
-
-    @classmethod
-    def single(cls, engine: Engine, name: str | None = None) -> Engines:
-        """One model (tests, tools): named after its checkpoint unless ``name`` is given."""
-        from gateway.model_specs import default_name
-
-        model_id = engine.meta.model_id
-        return cls([Served(ModelSpec(name or default_name(model_id), model_id), engine)])
 
     @property
     def default(self) -> Served:
@@ -56,13 +49,10 @@ class Engines:
     def __iter__(self) -> Iterator[Served]:
         return iter(self._served)
 
-    def __len__(self) -> int:
-        return len(self._served)
-
     def get(self, requested: str, field: str = "model") -> Served:
         """The model a request names (empty: the default); an unknown or ambiguous one is the
         caller's INVALID_ARGUMENT naming ``field`` and listing what is served."""
-        found = find_models([s.spec for s in self._served], requested)
+        found = find_models(self._specs, requested)
         if not found:
             raise InvalidInput(f"unknown model {_shown(requested)}; served: "
                                f"{', '.join(self.names)}", field=field)

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +71,9 @@ class GatewayServer:
     def __init__(self, settings: Settings, triton_url: str, *, metrics: Metrics | None = None,
                  checkpoints: Mapping[str, Path] | None = None, share_port: bool = False,
                  url_resolver: Resolver | None = None, tracing: Tracing | None = None,
-                 ) -> None:
-        """``tracing``: the process's tracer (its owner shuts it down); None: no tracing."""
+                 specs: Sequence[ModelSpec] | None = None) -> None:
+        """``tracing``: the process's tracer (its owner shuts it down); None: no tracing.
+        ``specs``: the models as read at start-up (None: read from the settings here)."""
         self.settings = settings
         self.tracing = tracing or Tracing()
         # Shared by every protocol adapter of this server (request ids, spans, request lines).
@@ -81,7 +82,7 @@ class GatewayServer:
         # A worker of `serve --processes N`: its siblings listen on the same port.
         self._share_port = share_port
         self.triton_url = triton_url
-        self.specs = settings.model_specs()
+        self.specs = list(specs) if specs is not None else settings.model_specs()
         # Per model name, its checkpoint already resolved (e.g. a hub snapshot): read there,
         # but the model is reported as configured.
         self._checkpoints = dict(checkpoints or {})

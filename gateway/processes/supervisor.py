@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from gateway.config import Settings
 from gateway.core.model_meta import ModelMeta
 from gateway.embedded_triton import procgroup
 from gateway.embedded_triton.errors import describe_exit
+from gateway.model_specs import ModelSpec
 from gateway.processes.aggregate import AggregatedMetrics
 from gateway.processes.sockets import reserve_port
 from gateway.processes.worker import LISTENING, READY, SPEC_ENV, WorkerSpec
@@ -83,10 +84,13 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, checkpoints: Mapping[str, Path], triton_url: str,
+    def __init__(self, settings: Settings, specs: Sequence[ModelSpec],
+                 checkpoints: Mapping[str, Path], triton_url: str,
                  metas: Mapping[str, ModelMeta], *, embedded: bool) -> None:
-        """``checkpoints`` and ``metas``: per served model name, the default first."""
+        """``specs``: the models as read at start-up, handed to every worker (which never
+        reads the models file again); ``checkpoints`` and ``metas``: per model name."""
         self.settings = settings
+        self.specs = tuple(specs)
         self.checkpoints = dict(checkpoints)
         self.triton_url = triton_url
         self.metas = dict(metas)
@@ -144,7 +148,7 @@ class Supervisor:
     # -- workers -----------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
         read_end, write_end = os.pipe()
-        spec = WorkerSpec(self._worker_settings,
+        spec = WorkerSpec(self._worker_settings, self.specs,
                           {name: str(path) for name, path in self.checkpoints.items()},
                           slot.index, write_end)
         # The workers import this very package, wherever the parent found it.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from gateway.config import Settings
+from gateway.model_specs import ModelSpec
 from gateway.observability.logs import configure_logging
 
 SPEC_ENV = "SIGLIP_GATEWAY_WORKER_SPEC"
@@ -35,6 +36,9 @@ log = logging.getLogger("gateway")
 @dataclass(frozen=True)
 class WorkerSpec:
     settings: Settings
+    # The served models as the parent read them at start-up (a restarted worker serves the
+    # models the parent's Triton serves, whatever became of the models file since).
+    models: tuple[ModelSpec, ...]
     # Per model name, its checkpoint directory as the parent resolved it.
     checkpoints: dict[str, str]
     index: int
@@ -42,6 +46,7 @@ class WorkerSpec:
 
     def encode(self) -> str:
         return json.dumps({"settings": dataclasses.asdict(self.settings),
+                           "models": [dataclasses.asdict(m) for m in self.models],
                            "checkpoints": self.checkpoints, "index": self.index,
                            "status_fd": self.status_fd})
 
@@ -49,9 +54,9 @@ class WorkerSpec:
     def decode(cls, raw: str) -> WorkerSpec:
         data = json.loads(raw)
         settings = Settings(**data["settings"])
-        settings.validate()
-        return cls(settings, dict(data["checkpoints"]), int(data["index"]),
-                   int(data["status_fd"]))
+        settings.validate(models=False)
+        return cls(settings, tuple(ModelSpec(**m) for m in data["models"]),
+                   dict(data["checkpoints"]), int(data["index"]), int(data["status_fd"]))
 
 
 def main() -> int:
@@ -87,7 +92,7 @@ async def _serve(spec: WorkerSpec, status: IO[str]) -> int:
     tracing = Tracing.start(TracingConfig.from_env(os.environ))
     server = GatewayServer(settings, settings.triton_url,
                            checkpoints={name: Path(c) for name, c in spec.checkpoints.items()},
-                           share_port=True, tracing=tracing)
+                           share_port=True, tracing=tracing, specs=spec.models)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

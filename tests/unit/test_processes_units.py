@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import Settings
 from gateway.cpus import available_cpus
+from gateway.model_specs import ModelSpec
 from gateway.processes.cpus import default_processes, default_threads
 from gateway.processes.sockets import PortTaken, reserve_port
 from gateway.processes.worker import WorkerSpec
@@ -44,7 +45,8 @@ def test_settings_resolve_processes_and_threads_once():
 def test_worker_spec_carries_the_settings_unchanged():
     settings = Settings.from_env({}, triton_url="127.0.0.1:1", processes=7, workers=3,
                                  auth_token="secret", port=4321, max_in_flight=9)
-    spec = WorkerSpec(settings, {"tiny": "/ckpt"}, 2, 11)
+    spec = WorkerSpec(settings, (ModelSpec("tiny", "/c/tiny", max_images=3),),
+                      {"tiny": "/ckpt"}, 2, 11)
     assert WorkerSpec.decode(spec.encode()) == spec
 
 
@@ -83,8 +85,8 @@ def _supervisor(processes: int = 2):
     from gateway.processes.supervisor import Supervisor
 
     settings = Settings.from_env({}, triton_url="127.0.0.1:1", processes=processes)
-    return Supervisor(settings, {"tiny": Path("/ckpt")}, settings.triton_url, {},
-                      embedded=False)
+    return Supervisor(settings, [ModelSpec("tiny", "/c/tiny")], {"tiny": Path("/ckpt")},
+                      settings.triton_url, {}, embedded=False)
 
 
 def test_restart_backoff_doubles_and_gives_up_after_quick_deaths(caplog):
